@@ -1,0 +1,1 @@
+"""The ``bgm`` command line."""

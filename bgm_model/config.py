@@ -1,0 +1,76 @@
+"""Bridge-specific settings, stored under one namespaced entry (``bgm_bridge``) of the model's config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KEY = "bgm_bridge"
+
+
+@dataclass
+class BridgeConfig:
+    """How the bridge reads passages and what it may output.
+
+    Every field is saved with the checkpoint, so a loaded bridge decodes exactly as the trained one did.
+    """
+
+    max_passages: int = field(
+        default=64,
+        metadata={"help": "ID capacity: one special token per passage position. More passages than this "
+                  "raise an error (or are cut, with overflow='truncate')."},
+    )
+    max_query_tokens: int = field(
+        default=48, metadata={"help": "Query tokens kept in each encoder row."}
+    )
+    max_passage_tokens: int = field(
+        default=128, metadata={"help": "Passage tokens kept in each encoder row (the rest is truncated)."}
+    )
+    max_output_length: int = field(
+        default=10, metadata={"help": "Most passage IDs the bridge may emit before it is forced to stop."}
+    )
+    max_repeats: int = field(
+        default=2, metadata={"help": "Most times one passage may appear in an output (1 = no repetition)."}
+    )
+    overflow: Literal["error", "truncate"] = field(
+        default="error",
+        metadata={"help": "More passages than max_passages: 'error' raises; 'truncate' keeps the first "
+                  "max_passages (retriever order) and logs a warning."},
+    )
+    id_token_format: str = field(
+        default="[P{}]", metadata={"help": "Text of the special token that names passage i."}
+    )
+    encoder_batch_size: int = field(
+        default=64, metadata={"help": "Encoder rows (query+passage pairs) per forward pass."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("max_passages", "max_query_tokens", "max_passage_tokens", "max_repeats", "encoder_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BridgeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_output_length < 0:
+            raise ValueError(f"BridgeConfig.max_output_length must be >= 0, got {self.max_output_length}")
+        if self.overflow not in ("error", "truncate"):
+            raise ValueError(f"BridgeConfig.overflow must be 'error' or 'truncate', got {self.overflow!r}")
+        if "{}" not in self.id_token_format:
+            raise ValueError("BridgeConfig.id_token_format must contain '{}' for the passage index")
+
+    @property
+    def id_tokens(self) -> list[str]:
+        return [self.id_token_format.format(i) for i in range(self.max_passages)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BridgeConfig:
+        """Build from a saved dict; unknown keys (from a newer version) are dropped with a warning."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known - {"version"})
+        if unknown:
+            logger.warning("Ignoring unknown bridge config keys %s (saved by a newer bgm-bridge?)", unknown)
+        return cls(**{k: v for k, v in data.items() if k in known})

