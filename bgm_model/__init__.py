@@ -9,6 +9,7 @@ from .config import BridgeConfig
 from .errors import BridgeError, BridgeLoadError, TooManyPassagesError
 from .modeling import BridgeModel
 from .outputs import BridgeResult
+from .protocols import SupportsBridge
 from .version import __version__
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "BridgeLoadError",
     "BridgeModel",
     "BridgeResult",
+    "SupportsBridge",
     "TooManyPassagesError",
     "__version__",
 ]

@@ -1,0 +1,31 @@
+"""LangChain adapters: ``BGMDocumentCompressor`` and the trace recorder ``BGMTraceCallbackHandler``.
+
+Requires ``pip install "bgm-bridge[langchain]"``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+try:
+    import langchain_core  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        'bgm_integrations.langchain needs LangChain: pip install "bgm-bridge[langchain]"'
+    ) from e
+
+from .compressor import BGMDocumentCompressor
+
+if TYPE_CHECKING:
+    from .tracing import BGMTraceCallbackHandler
+
+__all__ = ["BGMDocumentCompressor", "BGMTraceCallbackHandler"]
+
+
+def __getattr__(name: str) -> Any:
+    # The trace handler is imported on first use so that the compressor alone stays light.
+    if name == "BGMTraceCallbackHandler":
+        from .tracing import BGMTraceCallbackHandler
+
+        return BGMTraceCallbackHandler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,72 @@
+"""LangChain adapter: the bridge as a ``BaseDocumentCompressor``.
+
+Only translates types: ``Document.page_content`` goes to the core, the core's passage sequence comes back as
+copies of the documents in bridge order (a repeated passage appears again).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from langchain_core.callbacks import Callbacks
+from langchain_core.documents import BaseDocumentCompressor, Document
+from pydantic import ConfigDict
+
+from bgm_model.outputs import BridgeResult
+from bgm_model.protocols import SupportsBridge
+
+#: Metadata keys the compressor adds to each returned document.
+RANK_KEY = "bgm_rank"
+SOURCE_INDEX_KEY = "bgm_source_index"
+SCORE_KEY = "relevance_score"
+
+
+class BGMDocumentCompressor(BaseDocumentCompressor):
+    """Selects, reorders and repeats retrieved documents with a BGM bridge model.
+
+    Use it as ``base_compressor`` of a ``ContextualCompressionRetriever`` or inside a
+    ``DocumentCompressorPipeline``. Returned documents are copies: ``metadata`` is kept, and
+    ``bgm_rank`` (position in the bridge output), ``bgm_source_index`` (position in the input) and
+    ``relevance_score`` (the bridge's probability for that choice) are added.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    bridge: SupportsBridge
+    """The bridge model, e.g. ``BridgeModel.from_pretrained(path)``."""
+    on_error: Literal["raise", "passthrough"] = "raise"
+    """On a failure inside the model: ``"raise"``, or ``"passthrough"`` the documents unchanged (logged)."""
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> BGMDocumentCompressor:
+        """Load a saved bridge and wrap it; ``kwargs`` go to the compressor."""
+        from bgm_model import BridgeModel
+
+        return cls(bridge=BridgeModel.from_pretrained(name_or_path), **kwargs)
+
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        docs = list(documents)
+        if not docs:
+            return []
+        result = self.bridge.bridge(query, [d.page_content for d in docs], on_error=self.on_error)
+        return _documents_in_bridge_order(docs, result)
+
+
+def _documents_in_bridge_order(docs: list[Document], result: BridgeResult) -> list[Document]:
+    if result.fallback:
+        return [copy.deepcopy(d) for d in docs]
+    out = []
+    for rank, (index, score) in enumerate(zip(result.ids, result.scores)):
+        source = docs[index]
+        metadata = {
+            **copy.deepcopy(source.metadata),
+            RANK_KEY: rank,
+            SOURCE_INDEX_KEY: index,
+            SCORE_KEY: score,
+        }
+        out.append(Document(page_content=source.page_content, metadata=metadata, id=source.id))
+    return out

@@ -1,0 +1,55 @@
+"""Helpers shared by tests: tiny offline bridges and a fixed-answer bridge."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from bgm_model import BridgeConfig, BridgeModel, BridgeResult
+
+
+def make_tiny_bridge(config: BridgeConfig | None = None, seed: int = 0) -> BridgeModel:
+    """A randomly initialised 2-layer BERT2BERT bridge with the real MiniLM tokenizer (fast, offline)."""
+    from transformers import AutoTokenizer, BertConfig, EncoderDecoderConfig, EncoderDecoderModel
+
+    from bgm_model.backbones import minilm_path
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    enc = BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=256,
+    )
+    dec = BertConfig(**{**enc.to_dict(), "is_decoder": True, "add_cross_attention": True})
+    model = EncoderDecoderModel(config=EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec))
+    model.config.decoder_start_token_id = tok.cls_token_id
+    model.config.eos_token_id = tok.sep_token_id
+    model.config.pad_token_id = tok.pad_token_id
+    config = config or BridgeConfig(max_passages=8, max_query_tokens=16, max_passage_tokens=32, max_output_length=4)
+    return BridgeModel(model, tok, config)
+
+
+class FixedBridge:
+    """A bridge with a fixed answer (to check exact adapter mapping); satisfies ``SupportsBridge``."""
+
+    def __init__(self, ids: Sequence[int], scores: Sequence[float] | None = None) -> None:
+        self.ids = list(ids)
+        self.scores = list(scores) if scores is not None else [0.5] * len(self.ids)
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def bridge(self, query: str, passages: Sequence[str], *, on_error: str = "raise") -> BridgeResult:
+        self.calls.append((query, list(passages)))
+        return BridgeResult(ids=list(self.ids), scores=list(self.scores), step_log_probs=[])
+
+
+def fit_bridge_to(bridge: BridgeModel, query: str, passages: list[str], target: list[int], steps: int = 60) -> None:
+    """Overfit ``bridge`` so its greedy output for (query, passages) is ``target`` (teacher forcing)."""
+    bridge.train()
+    opt = torch.optim.Adam(bridge.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = -bridge.sequence_log_probs([query], [passages], [target]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    bridge.eval()

@@ -1,0 +1,236 @@
+"""The bridge core: constrained decoding, batching, training consistency, persistence, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+import bgm_model
+from bgm_model import BridgeConfig, BridgeLoadError, BridgeModel, TooManyPassagesError
+
+from tests._helpers import fit_bridge_to, make_tiny_bridge
+
+PASSAGES = [
+    "Hamlet is a tragedy written by William Shakespeare around 1600.",
+    "Paris is the capital and most populous city of France.",
+    "The Eiffel Tower was completed in 1889.",
+    "Shakespeare was born in Stratford-upon-Avon.",
+]
+
+
+def _is_valid(ids: list[int], n: int, config: BridgeConfig) -> bool:
+    return (
+        all(0 <= i < n for i in ids)
+        and len(ids) <= config.max_output_length
+        and all(ids.count(i) <= config.max_repeats for i in set(ids))
+    )
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(bgm_model.__all__) == sorted(
+        [
+            "BridgeConfig", "BridgeError", "BridgeLoadError", "BridgeModel", "BridgeResult",
+            "SupportsBridge", "TooManyPassagesError", "__version__",
+        ]
+    )
+
+
+def test_every_sampled_output_is_a_valid_passage_sequence() -> None:
+    bridge = make_tiny_bridge(BridgeConfig(max_passages=8, max_query_tokens=16, max_passage_tokens=32,
+                                           max_output_length=6, max_repeats=2))
+    gen = torch.Generator().manual_seed(0)
+    samples = bridge.sample(["q1", "q2"], [PASSAGES, PASSAGES[:2]], num_samples=64, temperature=3.0, generator=gen)
+    lengths = set()
+    for n, group in zip([4, 2], samples):
+        for result in group:
+            assert _is_valid(result.ids, n, bridge.config), result.ids
+            assert len(result.scores) == len(result.ids)
+            lengths.add(len(result.ids))
+    # The high temperature explores: empty, short and capped outputs all occur and all stay valid.
+    assert len(lengths) >= 3
+
+
+def test_repetition_and_length_caps_are_enforced() -> None:
+    no_repeat = make_tiny_bridge(BridgeConfig(max_passages=8, max_query_tokens=16, max_passage_tokens=32,
+                                              max_output_length=8, max_repeats=1))
+    gen = torch.Generator().manual_seed(1)
+    for group in no_repeat.sample(["q"], [PASSAGES], num_samples=64, temperature=5.0, generator=gen):
+        for r in group:
+            assert len(set(r.ids)) == len(r.ids)
+    silent = make_tiny_bridge(BridgeConfig(max_passages=8, max_query_tokens=16, max_passage_tokens=32,
+                                           max_output_length=0))
+    assert silent.bridge("q", PASSAGES).ids == []
+
+
+def test_greedy_is_deterministic_and_batch_equals_single(tiny_bridge: BridgeModel) -> None:
+    queries = ["who wrote hamlet?", "capital of france", "eiffel tower year"]
+    lists = [PASSAGES, PASSAGES[1:3], PASSAGES[::-1]]
+    batched = tiny_bridge.bridge_batch(queries, lists, batch_size=3)
+    single = [tiny_bridge.bridge(q, ps) for q, ps in zip(queries, lists)]
+    assert [r.ids for r in batched] == [r.ids for r in single]
+    for a, b in zip(batched, single):
+        assert a.scores == pytest.approx(b.scores, abs=1e-4)
+    assert [r.ids for r in tiny_bridge.bridge_batch(queries, lists, batch_size=2)] == [r.ids for r in batched]
+
+
+def test_sampled_log_probs_match_teacher_forcing(tiny_bridge: BridgeModel) -> None:
+    gen = torch.Generator().manual_seed(3)
+    groups = tiny_bridge.sample(["a", "b"], [PASSAGES, PASSAGES[:3]], num_samples=8, temperature=1.0, generator=gen)
+    flat = [r for g in groups for r in g]
+    queries = ["a"] * 8 + ["b"] * 8
+    lists = [PASSAGES] * 8 + [PASSAGES[:3]] * 8
+    recomputed = tiny_bridge.sequence_log_probs(queries, lists, [r.ids for r in flat])
+    assert recomputed.requires_grad
+    expected = torch.tensor([r.log_prob for r in flat])
+    assert torch.allclose(recomputed.detach(), expected, atol=1e-4)
+
+
+def test_teacher_forcing_learns_select_reorder_repeat() -> None:
+    bridge = make_tiny_bridge(seed=5)
+    target = [2, 0, 2]
+    assert bridge.bridge("who wrote hamlet?", PASSAGES).ids != target
+    before = [p.detach().clone() for p in bridge.parameters()]
+    fit_bridge_to(bridge, "who wrote hamlet?", PASSAGES, target)
+    result = bridge.bridge("who wrote hamlet?", PASSAGES)
+    assert result.ids == target
+    assert all(0.0 < s <= 1.0 for s in result.scores)
+    assert any(not torch.equal(a, b) for a, b in zip(before, bridge.parameters()))
+
+
+def test_step_log_probs_rejects_invalid_targets(tiny_bridge: BridgeModel) -> None:
+    with pytest.raises(ValueError, match="names passage 7"):
+        tiny_bridge.step_log_probs(["q"], [PASSAGES], [[7]])
+    with pytest.raises(ValueError, match="max_repeats"):
+        tiny_bridge.step_log_probs(["q"], [PASSAGES], [[1, 1, 1]])
+    with pytest.raises(ValueError, match="max_output_length"):
+        tiny_bridge.step_log_probs(["q"], [PASSAGES], [[0, 1, 2, 3, 0]])
+
+
+def test_no_passages_gives_empty_result_without_a_model_call(tiny_bridge: BridgeModel, monkeypatch) -> None:
+    def boom(*args, **kwargs):
+        raise AssertionError("the model must not run for an empty passage list")
+
+    monkeypatch.setattr(tiny_bridge, "_encode", boom)
+    result = tiny_bridge.bridge("anything", [])
+    assert result.ids == [] and result.scores == []
+    assert [r.ids for r in tiny_bridge.bridge_batch(["a", "b"], [[], []])] == [[], []]
+
+
+def test_odd_passages_are_handled(tiny_bridge: BridgeModel) -> None:
+    huge = "word " * 20_000  # 100k characters
+    odd = ["", "   \n\t ", "Ünïcödé ✓ 東京 — ümlaut", huge, "only one"]
+    result = tiny_bridge.bridge("näive quéry ✓", odd)
+    assert _is_valid(result.ids, len(odd), tiny_bridge.config)
+    assert _is_valid(tiny_bridge.bridge("q", ["single passage"]).ids, 1, tiny_bridge.config)
+    # The 100k-character passage is cut before tokenization, not tokenized whole.
+    assert len(tiny_bridge._clean(huge, tiny_bridge.config.max_passage_tokens)) < 1_000
+
+
+def test_passage_text_cannot_inject_id_tokens(tiny_bridge: BridgeModel) -> None:
+    cleaned = tiny_bridge._clean("see [P3] and [P0]", 100)
+    ids = tiny_bridge.tokenizer(cleaned, add_special_tokens=False).input_ids
+    assert not set(ids) & set(tiny_bridge._action_token_ids.tolist())
+
+
+def test_bad_arguments_raise_clear_errors(tiny_bridge: BridgeModel) -> None:
+    with pytest.raises(TypeError, match="query must be a str, got int"):
+        tiny_bridge.bridge(42, PASSAGES)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="passages must be a sequence of str"):
+        tiny_bridge.bridge("q", "one long string")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"passages\[1\] must be a str, got NoneType"):
+        tiny_bridge.bridge("q", ["a", None])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="on_error"):
+        tiny_bridge.bridge("q", ["a"], on_error="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="2 queries but 1 passage lists"):
+        tiny_bridge.bridge_batch(["a", "b"], [["x"]])
+
+
+def test_too_many_passages_names_the_limit(tiny_bridge: BridgeModel, caplog) -> None:
+    many = [f"passage {i}" for i in range(9)]
+    with pytest.raises(TooManyPassagesError, match="at most 8"):
+        tiny_bridge.bridge("q", many)
+    truncating = make_tiny_bridge(BridgeConfig(max_passages=8, max_query_tokens=16, max_passage_tokens=32,
+                                               max_output_length=4, overflow="truncate"))
+    with caplog.at_level(logging.WARNING, logger="bgm_model.modeling"):
+        result = truncating.bridge("q", many)
+    assert all(i < 8 for i in result.ids)
+    assert "keeping the first 8" in caplog.text
+
+
+def test_on_error_passthrough_returns_input_order(tiny_bridge: BridgeModel, monkeypatch, caplog) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(tiny_bridge, "_generate", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        tiny_bridge.bridge("q", PASSAGES)
+    with caplog.at_level(logging.WARNING, logger="bgm_model.modeling"):
+        result = tiny_bridge.bridge("q", PASSAGES, on_error="passthrough")
+    assert result.fallback and result.ids == [0, 1, 2, 3]
+    assert "passing their passages through unchanged" in caplog.text
+
+
+def test_save_and_load_round_trip(tiny_bridge: BridgeModel, tmp_path) -> None:
+    path = tiny_bridge.save_pretrained(tmp_path / "bridge")
+    files = {p.name for p in path.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= files
+    assert not any(name.endswith((".bin", ".pt")) for name in files)
+    saved = json.loads((path / "config.json").read_text())["bgm_bridge"]
+    assert saved["version"] == bgm_model.__version__ and saved["max_passages"] == 8
+    assert "bgm-bridge" in (path / "README.md").read_text()
+
+    loaded = BridgeModel.from_pretrained(path)
+    assert loaded.config == tiny_bridge.config
+    for q, ps in [("who wrote hamlet?", PASSAGES), ("x", PASSAGES[:2])]:
+        a, b = tiny_bridge.bridge(q, ps), loaded.bridge(q, ps)
+        assert a.ids == b.ids and a.scores == pytest.approx(b.scores, abs=1e-5)
+    assert BridgeModel.from_pretrained(path, max_repeats=1).config.max_repeats == 1
+
+
+def test_loading_errors_are_clear(tiny_bridge: BridgeModel, tmp_path) -> None:
+    with pytest.raises(BridgeLoadError, match="not found"):
+        BridgeModel.from_pretrained(tmp_path / "nope")
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text("{}")
+    (no_weights / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(BridgeLoadError, match="safetensors only"):
+        BridgeModel.from_pretrained(no_weights)
+    plain = tmp_path / "plain"
+    tiny_bridge.model.save_pretrained(plain)  # a seq2seq checkpoint without the bridge entry
+    cfg = json.loads((plain / "config.json").read_text())
+    cfg.pop("bgm_bridge", None)
+    (plain / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BridgeLoadError, match="from_seq2seq"):
+        BridgeModel.from_pretrained(plain)
+
+
+def test_from_seq2seq_accepts_a_t5_checkpoint(tmp_path) -> None:
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    from bgm_model.backbones import minilm_path
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    config = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2,
+                      decoder_start_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.sep_token_id)
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path / "t5")
+    tok.save_pretrained(tmp_path / "t5")
+    bridge = BridgeModel.from_seq2seq(str(tmp_path / "t5"), BridgeConfig(max_passages=6, max_output_length=3))
+    result = bridge.bridge("q", PASSAGES)
+    assert _is_valid(result.ids, 4, bridge.config)
+    fit_bridge_to(bridge, "q", PASSAGES, [3, 3], steps=80)
+    assert bridge.bridge("q", PASSAGES).ids == [3, 3]
+
+
+def test_config_validation_and_forward_compatibility(caplog) -> None:
+    with pytest.raises(ValueError, match="max_passages"):
+        BridgeConfig(max_passages=0)
+    with pytest.raises(ValueError, match="overflow"):
+        BridgeConfig(overflow="drop")  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING):
+        cfg = BridgeConfig.from_dict({"max_passages": 5, "future_field": 1, "version": "9.9"})
+    assert cfg.max_passages == 5 and "future_field" in caplog.text
