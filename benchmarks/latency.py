@@ -1,0 +1,206 @@
+"""Bridge latency on CPU next to a cross-encoder pass of the same backbone, measured in the same run.
+
+    python benchmarks/latency.py                      # full table (a few minutes on 2 cores)
+    python benchmarks/latency.py --repeats 3 --quick  # smoke run
+
+For 10, 20 and 50 passages of ~100 words (real Wikipedia passages from nq_open), batch 1 and batch 16:
+median and p95 wall time of (a) the bridge with its own greedy output, (b) the bridge forced to emit the
+full ``max_output_length`` IDs (worst case decoding), (c) a MiniLM-L6 cross-encoder scoring the same
+(query, passage) pairs with the same truncation. Peak extra resident memory of each call is sampled from
+/proc. Writes ``benchmarks/results/latency.json``. Targets (issue 2): bridge <= 1.5x the cross-encoder;
+50 passages <= 6x the time of 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bgm_model import BridgeConfig, BridgeModel  # noqa: E402
+from bgm_model.backbones import minilm_path  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "nq_open"
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Samples resident memory in a thread; ``extra`` is the peak above the level at entry."""
+
+    def __enter__(self) -> PeakMemory:
+        self.base = self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def extra_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def load_data(n_queries: int, n_passages: int) -> tuple[list[str], list[list[str]]]:
+    corpus = [json.loads(line) for line in (DATA / "corpus.jsonl").open()]
+    passages = [f"{p['title']}. {p['text']}" for p in corpus if 80 <= len(p["text"].split()) <= 130]
+    questions = [json.loads(line)["question"] for line in (DATA / "dev.jsonl").open()][:n_queries]
+    lists = [[passages[(q * 97 + i * 13) % len(passages)] for i in range(n_passages)] for q in range(n_queries)]
+    return questions, lists
+
+
+class CrossEncoder:
+    """The same MiniLM-L6 backbone scoring each (query, passage) pair: the usual reranker's cost."""
+
+    def __init__(self, row_length: int) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        self.tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+        self.model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=1).eval()
+        self.row_length = row_length
+
+    @torch.inference_mode()
+    def rerank(self, queries: list[str], lists: list[list[str]], batch_size: int = 64) -> list[list[int]]:
+        firsts = [q for q, ps in zip(queries, lists) for _ in ps]
+        seconds = [p for ps in lists for p in ps]
+        rows = self.tokenizer(firsts, seconds, truncation="longest_first", max_length=self.row_length,
+                              padding="longest", return_tensors="pt")
+        scores = torch.cat([
+            self.model(**{k: v[i : i + batch_size] for k, v in rows.items()}).logits[:, 0]
+            for i in range(0, len(firsts), batch_size)
+        ])
+        out, start = [], 0
+        for ps in lists:
+            out.append(scores[start : start + len(ps)].argsort(descending=True).tolist())
+            start += len(ps)
+        return out
+
+
+def force_full_length(bridge: BridgeModel) -> Callable[[], None]:
+    """Make the bridge emit IDs until max_output_length (worst-case decoding); returns an undo function."""
+    original = bridge._action_log_probs
+
+    def no_early_end(logits, counts, n_passages, forced_end):
+        lp = original(logits, counts, n_passages, forced_end)
+        can_continue = torch.isfinite(lp[..., :-1]).any(-1) & ~forced_end
+        return torch.log_softmax(lp.masked_fill(torch.nn.functional.pad(can_continue.unsqueeze(-1), (lp.shape[-1] - 1, 0)), float("-inf")), -1)
+
+    bridge._action_log_probs = no_early_end  # type: ignore[method-assign]
+    return lambda: setattr(bridge, "_action_log_probs", original)
+
+
+def time_calls(fn: Callable[[], object], repeats: int) -> dict[str, float]:
+    fn()  # warm-up
+    times, extra = [], 0.0
+    for _ in range(repeats):
+        with PeakMemory() as mem:
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        extra = max(extra, mem.extra_mb)
+    times.sort()
+    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+    return {"median_s": statistics.median(times), "p95_s": p95, "peak_extra_mb": extra, "runs": len(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--passages", type=int, nargs="+", default=[10, 20, 50], help="passages per query")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="queries per call")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per cell (batch 16 uses a third)")
+    parser.add_argument("--bridge", default=None, help="a saved bridge (default: MiniLM warm start)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency.json"))
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    config = BridgeConfig(max_passages=max(64, max(args.passages)))
+    bridge = BridgeModel.from_pretrained(args.bridge) if args.bridge else BridgeModel.from_encoder(config=config)
+    bridge.to("cpu")
+    cross = CrossEncoder(bridge._row_length)
+    rows = []
+    for batch in args.batches:
+        repeats = args.repeats if batch == 1 else max(3, args.repeats // 3)
+        for n in args.passages:
+            queries, lists = load_data(batch, n)
+            ce = time_calls(lambda: cross.rerank(queries, lists), repeats)
+            own = time_calls(lambda: bridge.bridge_batch(queries, lists, batch_size=batch), repeats)
+            out_len = statistics.mean(len(r.ids) for r in bridge.bridge_batch(queries, lists, batch_size=batch))
+            undo = force_full_length(bridge)
+            try:
+                full = time_calls(lambda: bridge.bridge_batch(queries, lists, batch_size=batch), repeats)
+            finally:
+                undo()
+            row = {
+                "batch": batch, "passages": n, "cross_encoder": ce, "bridge": own, "bridge_full_length": full,
+                "bridge_output_len": out_len, "full_output_len": bridge.config.max_output_length,
+                "ratio_bridge_vs_ce": own["median_s"] / ce["median_s"],
+                "ratio_full_vs_ce": full["median_s"] / ce["median_s"],
+            }
+            rows.append(row)
+            print(f"batch {batch:>2} passages {n:>2}: cross-encoder {ce['median_s']:.3f}s, bridge {own['median_s']:.3f}s "
+                  f"({row['ratio_bridge_vs_ce']:.2f}x), bridge 10 IDs {full['median_s']:.3f}s ({row['ratio_full_vs_ce']:.2f}x)",
+                  flush=True)
+
+    scaling = {}
+    for batch in args.batches:
+        by_n = {r["passages"]: r for r in rows if r["batch"] == batch}
+        if 10 in by_n and 50 in by_n:
+            scaling[str(batch)] = {
+                "bridge_50_vs_10": by_n[50]["bridge"]["median_s"] / by_n[10]["bridge"]["median_s"],
+                "bridge_full_50_vs_10": by_n[50]["bridge_full_length"]["median_s"] / by_n[10]["bridge_full_length"]["median_s"],
+                "cross_encoder_50_vs_10": by_n[50]["cross_encoder"]["median_s"] / by_n[10]["cross_encoder"]["median_s"],
+            }
+
+    print("\n| batch | passages | cross-encoder median / p95 (s) | bridge median / p95 (s) | bridge, 10 IDs median / p95 (s) "
+          "| bridge / CE | bridge 10 IDs / CE | peak extra MB (CE / bridge) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ce, b, f = r["cross_encoder"], r["bridge"], r["bridge_full_length"]
+        print(f"| {r['batch']} | {r['passages']} | {ce['median_s']:.3f} / {ce['p95_s']:.3f} | {b['median_s']:.3f} / {b['p95_s']:.3f} "
+              f"| {f['median_s']:.3f} / {f['p95_s']:.3f} | {r['ratio_bridge_vs_ce']:.2f}x | {r['ratio_full_vs_ce']:.2f}x "
+              f"| {ce['peak_extra_mb']:.0f} / {max(b['peak_extra_mb'], f['peak_extra_mb']):.0f} |")
+    for batch, s in scaling.items():
+        print(f"batch {batch}: 50 vs 10 passages: bridge {s['bridge_50_vs_10']:.2f}x, bridge 10 IDs "
+              f"{s['bridge_full_50_vs_10']:.2f}x, cross-encoder {s['cross_encoder_50_vs_10']:.2f}x")
+
+    result = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__},
+        "bridge": args.bridge or "MiniLM warm start (untrained; 'bridge_full_length' forces 10 IDs)",
+        "rows": rows, "scaling": scaling,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
