@@ -150,12 +150,15 @@ def main() -> None:
         repeats = args.repeats if batch == 1 else max(3, args.repeats // 3)
         for n in args.passages:
             queries, lists = load_data(batch, n)
-            ce = time_calls(lambda: cross.rerank(queries, lists), repeats)
-            own = time_calls(lambda: bridge.bridge_batch(queries, lists, batch_size=batch), repeats)
+            def run_bridge(q=queries, ls=lists, b=batch):
+                return bridge.bridge_batch(q, ls, batch_size=b)
+
+            ce = time_calls(lambda q=queries, ls=lists: cross.rerank(q, ls), repeats)
+            own = time_calls(run_bridge, repeats)
             out_len = statistics.mean(len(r.ids) for r in bridge.bridge_batch(queries, lists, batch_size=batch))
             undo = force_full_length(bridge)
             try:
-                full = time_calls(lambda: bridge.bridge_batch(queries, lists, batch_size=batch), repeats)
+                full = time_calls(run_bridge, repeats)
             finally:
                 undo()
             row = {

@@ -10,7 +10,6 @@ import torch
 
 import bgm_model
 from bgm_model import BridgeConfig, BridgeLoadError, BridgeModel, TooManyPassagesError
-
 from tests._helpers import fit_bridge_to, make_tiny_bridge
 
 PASSAGES = [

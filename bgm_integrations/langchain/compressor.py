@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from langchain_core.callbacks import Callbacks
+from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
 from langchain_core.documents import BaseDocumentCompressor, Document
+from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict
 
 from bgm_model.outputs import BridgeResult
@@ -21,6 +23,8 @@ from bgm_model.protocols import SupportsBridge
 RANK_KEY = "bgm_rank"
 SOURCE_INDEX_KEY = "bgm_source_index"
 SCORE_KEY = "relevance_score"
+#: Name of the custom callback event sent for every bridge call (read by ``BGMTraceCallbackHandler``).
+BRIDGE_EVENT = "bgm_bridge"
 
 
 class BGMDocumentCompressor(BaseDocumentCompressor):
@@ -53,7 +57,26 @@ class BGMDocumentCompressor(BaseDocumentCompressor):
         if not docs:
             return []
         result = self.bridge.bridge(query, [d.page_content for d in docs], on_error=self.on_error)
+        if callbacks is not None and not result.fallback:
+            dispatch_custom_event(BRIDGE_EVENT, _event_data(result), config={"callbacks": callbacks})
         return _documents_in_bridge_order(docs, result)
+
+    async def acompress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        docs = list(documents)
+        if not docs:
+            return []
+        result = await run_in_executor(
+            None, self.bridge.bridge, query, [d.page_content for d in docs], on_error=self.on_error
+        )
+        if callbacks is not None and not result.fallback:
+            await adispatch_custom_event(BRIDGE_EVENT, _event_data(result), config={"callbacks": callbacks})
+        return _documents_in_bridge_order(docs, result)
+
+
+def _event_data(result: BridgeResult) -> dict[str, Any]:
+    return {"ids": list(result.ids), "scores": list(result.scores)}
 
 
 def _documents_in_bridge_order(docs: list[Document], result: BridgeResult) -> list[Document]:

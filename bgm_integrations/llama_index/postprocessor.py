@@ -23,6 +23,8 @@ dispatcher = get_dispatcher(__name__)
 RANK_KEY = "bgm_rank"
 SOURCE_INDEX_KEY = "bgm_source_index"
 _ADDED_KEYS = [RANK_KEY, SOURCE_INDEX_KEY]
+#: Tag on the rerank events of every bridge call (read by ``BGMTraceHandler``).
+BRIDGE_EVENT_TAG = "bgm_bridge"
 
 
 class BGMNodePostprocessor(BaseNodePostprocessor):
@@ -69,7 +71,10 @@ class BGMNodePostprocessor(BaseNodePostprocessor):
         if not nodes:
             return []
         dispatcher.event(
-            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=len(nodes), model_name=self.model_name)
+            ReRankStartEvent(
+                query=query_bundle, nodes=nodes, top_n=len(nodes), model_name=self.model_name,
+                tags={BRIDGE_EVENT_TAG: True},
+            )
         )
         with self.callback_manager.event(
             CBEventType.RERANKING,
@@ -83,7 +88,7 @@ class BGMNodePostprocessor(BaseNodePostprocessor):
             result = self._bridge.bridge(query_bundle.query_str, passages, on_error=self.on_error)
             new_nodes = _nodes_in_bridge_order(nodes, result)
             event.on_end(payload={EventPayload.NODES: new_nodes})
-        dispatcher.event(ReRankEndEvent(nodes=new_nodes))
+        dispatcher.event(ReRankEndEvent(nodes=new_nodes, tags={BRIDGE_EVENT_TAG: not result.fallback}))
         return new_nodes
 
 

@@ -1,0 +1,146 @@
+"""Benchmark datasets (the ``shared/data`` JSONL format) -> trace records, so benchmarks and traces share
+one training path.
+
+* Fixed-candidate sets (``{"id", "question", "answers", "passages": [{"title", "text", "is_gold"}]}``): the
+  passages are the retriever's candidates, in file order; ``title`` and ``is_gold`` go to the passage
+  metadata (``is_gold`` is for analysis only; training must not rely on it) and ``answers`` to
+  ``gold_answers``. Passage ids are ``"<question id>/<position>"``.
+* Retrieval sets (``{"id", "question", "answers", "gold_passage_ids"}`` + a corpus): give a ``retrieve``
+  callable ``(question) -> [(passage_id, text, score), ...]``; ``gold_passage_ids`` goes to the record's
+  metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..schema import TraceFormatError, TracePassage, TraceRecord
+
+logger = logging.getLogger(__name__)
+
+#: ``retrieve(question) -> [(passage_id, text, score), ...]`` in retriever order.
+Retrieve = Callable[[str], Sequence[tuple[str, str, float | None]]]
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TraceFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            for key in ("id", "question"):
+                if key not in row:
+                    raise TraceFormatError(f"{path}:{lineno}: missing {key!r}")
+            yield lineno, row
+
+
+def _name(path: Path) -> str:
+    return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
+
+
+def records_from_dataset(
+    path: str | os.PathLike[str],
+    *,
+    retrieve: Retrieve | None = None,
+    dataset_name: str | None = None,
+) -> Iterator[TraceRecord]:
+    """Yield one record per question. Rows without ``passages`` need ``retrieve``.
+
+    Trace ids are ``"<dataset name>:<question id>"`` (dataset name: ``<folder>/<file stem>`` by default),
+    so importing the same file twice gives the same ids.
+    """
+    path = Path(path)
+    name = dataset_name or _name(path)
+    for lineno, row in _rows(path):
+        qid = str(row["id"])
+        metadata: dict[str, Any] = {"source": "dataset", "dataset": name, "question_id": qid}
+        if "passages" in row:
+            passages = [
+                TracePassage(
+                    id=str(p.get("id", f"{qid}/{i}")),
+                    content=str(p.get("text", "")),
+                    score=None,
+                    metadata={k: v for k, v in p.items() if k not in ("text", "id")},
+                )
+                for i, p in enumerate(row["passages"])
+            ]
+        elif retrieve is not None:
+            passages = [
+                TracePassage(id=str(pid), content=str(text), score=score)
+                for pid, text, score in retrieve(row["question"])
+            ]
+            if "gold_passage_ids" in row:
+                metadata["gold_passage_ids"] = list(row["gold_passage_ids"])
+        else:
+            raise TraceFormatError(
+                f"{path}:{lineno}: no 'passages' (a retrieval set); pass retrieve=... or --corpus to rank a corpus"
+            )
+        yield TraceRecord(
+            trace_id=f"{name}:{qid}",
+            framework="dataset",
+            query=str(row["question"]),
+            passages=passages,
+            gold_answers=[str(a) for a in row.get("answers") or []],
+            metadata=metadata,
+        )
+
+
+def load_corpus(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A retrieval corpus (``{"id", "title", "text"}`` lines) as ``{id: "title\\ntext"}``."""
+    corpus = {}
+    for _, row in _rows_any(Path(path)):
+        title = row.get("title")
+        corpus[str(row["id"])] = f"{title}\n{row['text']}" if title else str(row["text"])
+    return corpus
+
+
+def _rows_any(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                row = json.loads(line)
+                if "id" not in row or "text" not in row:
+                    raise TraceFormatError(f"{path}:{lineno}: a corpus row needs 'id' and 'text'")
+                yield lineno, row
+
+
+def bm25_retriever(corpus: dict[str, str], *, top_k: int = 10, k1: float = 1.5, b: float = 0.75) -> Retrieve:
+    """A small lexical BM25 retriever over a corpus, for turning retrieval sets into records without a
+    neural retriever (use your own ``retrieve`` for the retriever your pipeline really uses)."""
+    import math
+    import re
+    from collections import Counter, defaultdict
+
+    tok = re.compile(r"\w+")
+    ids = list(corpus)
+    docs = [Counter(tok.findall(corpus[i].lower())) for i in ids]
+    lengths = [sum(d.values()) for d in docs]
+    avg = sum(lengths) / max(len(lengths), 1)
+    postings: dict[str, list[int]] = defaultdict(list)
+    for j, d in enumerate(docs):
+        for term in d:
+            postings[term].append(j)
+    n = len(docs)
+
+    def retrieve(question: str) -> list[tuple[str, str, float | None]]:
+        scores: dict[int, float] = defaultdict(float)
+        for term in set(tok.findall(question.lower())):
+            plist = postings.get(term, [])
+            if not plist:
+                continue
+            idf = math.log(1 + (n - len(plist) + 0.5) / (len(plist) + 0.5))
+            for j in plist:
+                tf = docs[j][term]
+                scores[j] += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * lengths[j] / avg))
+        best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
+        return [(ids[j], corpus[ids[j]], s) for j, s in best]
+
+    return retrieve

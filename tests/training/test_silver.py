@@ -1,0 +1,276 @@
+"""Silver passage sequences: the greedy search, its tie rule, call savings, files, resumption and the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from bgm_model.data import QAExample
+from bgm_model.readers.base import Reader
+from bgm_model.training.silver import (
+    SilverConfig,
+    SilverSequence,
+    read_silver,
+    silver_ids,
+    synthesize,
+    synthesize_one,
+    synthesize_to_file,
+    write_silver,
+)
+from bgm_model.training.toy import (
+    TOY_PARTIAL_F1,
+    ToyReader,
+    make_toy_examples,
+    toy_key_index,
+    toy_optimal_ids,
+)
+
+
+class FnReader(Reader):
+    """Answers with ``fn(passages)``; counts prompts that reach it."""
+
+    def __init__(self, fn: Callable[[tuple[str, ...]], str]) -> None:
+        super().__init__("fn-reader", cache=False)
+        self.fn = fn
+        self.prompts = 0
+
+    def _answer_uncached(self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> list[str]:
+        self.prompts += len(questions)
+        return [self.fn(tuple(p)) for p in passage_lists]
+
+
+def _example(passages: list[str], answers: list[str] | None = None, ex_id: str = "e") -> QAExample:
+    return QAExample(id=ex_id, question="q?", answers=answers or ["gold answer"], passages=passages)
+
+
+# -- the search -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scoring", [False, True], ids=["f1-secondary", "loglik-secondary"])
+@pytest.mark.parametrize("reward", ["em", "contains", "f1"])
+def test_finds_the_known_toy_optimum(reward: str, scoring: bool) -> None:
+    reader = ToyReader(supports_scoring=scoring)
+    for ex in make_toy_examples(12, n_passages=8, seed=1):
+        rec = synthesize_one(ex, reader, reward=reward)
+        assert rec.ids == toy_optimal_ids(ex), ex.id
+        assert rec.score == 1.0 and rec.stop_reason == "solved"
+        assert rec.answer == ex.answers[0]
+
+
+def test_toy_positions_of_the_key_passage_vary() -> None:
+    positions = {toy_key_index(ex) for ex in make_toy_examples(30, n_passages=6, seed=0)}
+    assert len(positions) >= 5
+
+
+def test_trajectory_starts_empty_and_records_each_accepted_step() -> None:
+    ex = make_toy_examples(1, 6, seed=2)[0]
+    x = toy_key_index(ex)
+    rec = synthesize_one(ex, ToyReader(), reward="em")
+    assert [t["ids"] for t in rec.trajectory] == [[], [x], [x, x]]
+    assert [t["primary"] for t in rec.trajectory] == [0.0, 0.0, 1.0]
+    assert [t["secondary"] for t in rec.trajectory] == pytest.approx([0.0, TOY_PARTIAL_F1, 1.0])
+    assert rec.secondary == "f1" and rec.passages_in_order == [ex.passages[x]] * 2
+
+
+def test_secondary_breaks_the_em_tie_without_it_greedy_stops_empty() -> None:
+    ex = make_toy_examples(1, 6, seed=2)[0]
+    rec = synthesize_one(ex, ToyReader(), reward="em", config=SilverConfig(secondary=None))
+    assert rec.ids == [] and rec.stop_reason == "no_improvement" and rec.secondary is None
+
+
+def test_primary_outranks_a_better_secondary() -> None:
+    # Passage "verbose" gives an answer that *contains* the gold but has lower F1 than "partial" gives.
+    answers = {("verbose",): "it is gold answer for sure", ("partial",): "gold"}
+    reader = FnReader(lambda ps: answers.get(ps[-1:], "nothing"))
+    rec = synthesize_one(
+        _example(["partial", "verbose"]), reader, reward="contains", config=SilverConfig(secondary="f1")
+    )
+    assert rec.ids == [1]  # contains=1, F1=0.5 beats contains=0, F1=0.67
+
+
+def test_exact_ties_go_to_the_earlier_candidate() -> None:
+    reader = FnReader(lambda ps: "gold" if ps and ps[-1] in {"b", "c"} else "none")
+    rec = synthesize_one(_example(["a", "b", "c"]), reader, reward="em", config=SilverConfig(secondary="f1"))
+    assert rec.ids == [1]  # "b" and "c" tie on (EM 0, F1 0.67); "b" comes first in retriever order
+
+
+def test_empty_sequence_is_kept_when_passages_only_hurt() -> None:
+    reader = FnReader(lambda ps: "gold answer" if not ps else "distracted")
+    rec = synthesize_one(_example(["a", "b", "c"]), reader, reward="em", config=SilverConfig.naive())
+    assert rec.ids == [] and rec.score == 1.0 and rec.stop_reason == "no_improvement"
+    rec = synthesize_one(_example(["a", "b"]), reader, reward="em")
+    assert rec.ids == [] and rec.stop_reason == "solved" and rec.reader_calls == 1
+
+
+def test_repeat_and_length_caps_are_respected() -> None:
+    ex = make_toy_examples(1, 5, seed=4)[0]
+    x = toy_key_index(ex)
+    once = synthesize_one(ex, ToyReader(), reward="em", config=SilverConfig(max_repeats=1))
+    assert once.ids == [x] and once.score == 0.0  # [X, X] is out of reach
+    short = synthesize_one(ex, ToyReader(), reward="em", config=SilverConfig(max_length=1))
+    assert short.ids == [x] and short.stop_reason == "max_length"
+    greedy_on = synthesize_one(ex, ToyReader(), reward="em", config=SilverConfig.naive(max_repeats=3))
+    assert greedy_on.ids == [x, x]  # [X, X, X] ties [X, X]: not an improvement, so the shorter one stays
+
+
+def test_loglik_primary_needs_no_generation() -> None:
+    reader = ToyReader(supports_scoring=True)
+    ex = make_toy_examples(1, 5, seed=5)[0]
+    rec = synthesize_one(ex, reader, reward="loglik")
+    assert rec.ids == toy_optimal_ids(ex) and rec.score == pytest.approx(0.0)
+    assert reader.answer_calls == 0 and rec.answer is None and rec.secondary is None
+
+
+def test_examples_without_answers_are_skipped_and_duplicate_ids_rejected() -> None:
+    exs = make_toy_examples(2, 4, seed=0)
+    exs[0].answers = []
+    assert [r.id for r in synthesize(exs, ToyReader())] == [exs[1].id]
+    with pytest.raises(ValueError, match="no gold answers"):
+        synthesize_one(exs[0], ToyReader())
+    with pytest.raises(ValueError, match="duplicate example id"):
+        list(synthesize([exs[1], exs[1]], ToyReader()))
+
+
+def test_config_validates() -> None:
+    with pytest.raises(ValueError, match="max_repeats"):
+        SilverConfig(max_repeats=0)
+    with pytest.raises(ValueError, match="top_m"):
+        SilverConfig(top_m=0)
+
+
+# -- fewer reader calls ---------------------------------------------------------------------------------------
+
+
+def test_call_reduction_against_naive_greedy_on_the_toy() -> None:
+    # 10 candidates, optimum [X, X]. Naive: 1 (empty) + 10 + 10 + 9 (the step that finds no gain) = 30 prompts
+    # in 30 calls. Ours: 1 + 10 + top-5 = 16 prompts in 3 calls (stop at EM = 1, prune to the top 5).
+    examples = make_toy_examples(10, n_passages=10, seed=7)
+    naive_reader, fast_reader = ToyReader(), ToyReader()
+    naive = list(synthesize(examples, naive_reader, reward="em", config=SilverConfig.naive()))
+    fast = list(synthesize(examples, fast_reader, reward="em"))
+    assert [r.ids for r in naive] == [r.ids for r in fast] == [toy_optimal_ids(e) for e in examples]
+    assert [r.reader_calls for r in naive] == [30] * 10 and [r.reader_batches for r in naive] == [30] * 10
+    assert [r.reader_calls for r in fast] == [16] * 10 and [r.reader_batches for r in fast] == [3] * 10
+    assert naive_reader.answer_prompts == 300 and fast_reader.answer_prompts == 160
+    assert naive_reader.answer_calls == 300 and fast_reader.answer_calls == 30
+    # The per-record estimate of the naive cost matches what naive greedy really sent.
+    assert [r.naive_reader_calls for r in fast] == [r.reader_calls for r in naive]
+
+
+def test_call_counts_include_scoring_prompts() -> None:
+    ex = make_toy_examples(1, 10, seed=7)[0]
+    reader = ToyReader(supports_scoring=True)
+    rec = synthesize_one(ex, reader, reward="em")
+    # 16 states, each one generation + one gold scoring; 2 reader calls per step.
+    assert rec.reader_calls == 32 and rec.reader_batches == 6 and rec.naive_reader_calls == 60
+    naive = synthesize_one(ex, ToyReader(supports_scoring=True), reward="em", config=SilverConfig.naive())
+    assert naive.reader_calls == 60 and naive.ids == rec.ids
+
+
+def test_identical_prompts_are_evaluated_once() -> None:
+    reader = FnReader(lambda ps: "gold answer" if ps[-1:] == ("key",) else "none")
+    ex = _example(["dup", "dup", "key", "dup"])
+    rec = synthesize_one(ex, reader, reward="em", config=SilverConfig(top_m=None, secondary=None))
+    # Step 1 has 4 candidate prompts but only 2 distinct ones (+1 for the empty sequence).
+    assert rec.ids == [2] and rec.reader_calls == 3
+    off = synthesize_one(
+        ex, reader, reward="em", config=SilverConfig(top_m=None, secondary=None, dedupe=False)
+    )
+    assert off.ids == [2] and off.reader_calls == 5
+
+
+# -- files and resumption -------------------------------------------------------------------------------------
+
+
+def test_write_read_round_trip(tmp_path: Path) -> None:
+    recs = list(synthesize(make_toy_examples(3, 4, seed=0), ToyReader()))
+    path = tmp_path / "silver.jsonl"
+    assert write_silver(recs, path) == 3
+    back = read_silver(path)
+    assert back == recs and isinstance(back[0], SilverSequence)
+    assert silver_ids(path) == {r.id for r in recs} and silver_ids(tmp_path / "none.jsonl") == set()
+
+
+def test_resumption_skips_done_ids_and_survives_a_truncated_line(tmp_path: Path) -> None:
+    examples = make_toy_examples(6, 5, seed=3)
+    path = tmp_path / "out" / "silver.jsonl"
+    first = synthesize_to_file(examples[:4], ToyReader(), path)
+    assert first.written == 4 and first.reader_calls == 4 * 11
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"id": "toy-3-4", "question": "trunc')  # a crash in the middle of a line
+    assert silver_ids(path) == {e.id for e in examples[:4]}
+
+    reader = ToyReader()
+    second = synthesize_to_file(examples, reader, path)
+    assert second.skipped_done == 4 and second.written == 2
+    assert reader.answer_calls == 2 * 3  # only the two new questions reached the reader
+    records = read_silver(path)
+    assert [r.id for r in records] == [e.id for e in examples]
+    assert all(r.ids == toy_optimal_ids(e) for r, e in zip(records, examples))
+    assert path.read_text(encoding="utf-8").endswith("\n") and "trunc" not in path.read_text(encoding="utf-8")
+
+    with pytest.raises(FileExistsError):
+        synthesize_to_file(examples, reader, path, resume=False)
+
+
+def test_cli_synthesizes_and_resumes(tmp_path: Path) -> None:
+    from bgm_model.cli.main import main
+
+    data = tmp_path / "toy.jsonl"
+    examples = make_toy_examples(3, 4, seed=9)
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": e.id,
+                    "question": e.question,
+                    "answers": e.answers,
+                    "passages": [{"title": "", "text": p} for p in e.passages],
+                }
+            )
+            + "\n"
+            for e in examples
+        ),
+        encoding="utf-8",
+    )
+    out = tmp_path / "silver.jsonl"
+    assert main(["synthesize", str(data), "-o", str(out), "--reader", "toy", "--limit", "2"]) == 0
+    assert main(["synthesize", str(data), "-o", str(out), "--reader", "toy", "--reward", "em+0.5*f1"]) == 0
+    records = read_silver(out)
+    assert [r.id for r in records] == [e.id for e in examples]
+    assert [r.ids for r in records] == [toy_optimal_ids(e) for e in examples]
+    assert records[2].reward == "1*em+0.5*f1"
+
+
+def test_cli_rejects_an_unknown_reward(tmp_path: Path) -> None:
+    from bgm_model.cli.main import main
+
+    with pytest.raises(ValueError, match="unknown reward"):
+        main(["synthesize", str(tmp_path / "x.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--reward", "nope"])
+
+
+# -- the real reader --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_real_smollm2_silver_sequences_on_hotpotqa(tmp_path: Path) -> None:
+    from bgm_model.data import load_examples
+    from bgm_model.readers.hf import load_smollm2_reader
+
+    reader = load_smollm2_reader(cache=tmp_path / "reader-cache")
+    examples = load_examples("/work/shared/data/hotpotqa/dev.jsonl", limit=3)
+    path = tmp_path / "silver.jsonl"
+    stats = synthesize_to_file(examples, reader, path, reward="em", config=SilverConfig(max_length=3))
+    records = read_silver(path)
+    assert stats.written == 3 and [r.id for r in records] == [e.id for e in examples]
+    for rec, ex in zip(records, examples):
+        assert len(rec.ids) <= 3 and all(0 <= i < len(ex.passages) for i in rec.ids)
+        assert max(rec.ids.count(i) for i in rec.ids) <= 2 if rec.ids else True
+        assert rec.secondary == "loglik" and rec.trajectory[0]["ids"] == []
+        # Each accepted step beats the one before it (lexicographically).
+        for a, b in zip(rec.trajectory, rec.trajectory[1:]):
+            assert (b["primary"], b["secondary"]) > (a["primary"], a["secondary"])
+        assert 0 < rec.reader_calls <= rec.naive_reader_calls
