@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="source", required=True, choices=["openinference", "langsmith", "dataset"])
     p.add_argument("inputs", nargs="+", type=Path, help="input file(s)")
     p.add_argument("-o", "--output", required=True, type=Path, help="traces JSONL to append to")
-    p.add_argument("--corpus", type=Path, help="dataset: corpus.jsonl of a retrieval set (ranked with BM25)")
+    p.add_argument("--corpus", type=Path, help="dataset: corpus.jsonl of a retrieval set (ranked with MiniLM, as the benchmarks do)")
     p.add_argument("--top-k", type=int, default=10, help="dataset with --corpus: passages per question")
     p.add_argument("--dataset-name", help="dataset: name used in trace ids (default: folder/file stem)")
     p.set_defaults(func=_import)
@@ -154,7 +154,7 @@ def _import(args: argparse.Namespace) -> int:
         return 2
     retrieve = None
     if args.corpus is not None:
-        retrieve = importers.bm25_retriever(importers.load_corpus(args.corpus), top_k=args.top_k)
+        retrieve = importers.dense_retriever(args.corpus, top_k=args.top_k)
     writer = TraceWriter(args.output)
     total = 0
     try:

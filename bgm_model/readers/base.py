@@ -15,12 +15,13 @@ subclass hooks :meth:`Reader._answer_uncached` / :meth:`Reader._score_uncached`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
 import time
 from abc import ABC
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -111,7 +112,9 @@ def _check_inputs(
 ) -> None:
     # Fail here with a readable message rather than deep inside a tokenizer or torch.
     if isinstance(questions, str) or isinstance(passage_lists, str):
-        raise TypeError("questions and passage_lists must be sequences (one entry per call), not a single string")
+        raise TypeError(
+            "questions and passage_lists must be sequences (one entry per call), not a single string"
+        )
     if len(questions) != len(passage_lists):
         raise ValueError(f"got {len(questions)} questions but {len(passage_lists)} passage lists")
     if answers is not None:
@@ -196,9 +199,7 @@ class Reader(ABC):
 
         def compute(idx: list[int]) -> list[Any]:
             out = self._answer_uncached([questions[i] for i in idx], [passage_lists[i] for i in idx])
-            if len(out) != len(idx):
-                raise RuntimeError(f"{type(self).__name__} returned {len(out)} answers for {len(idx)} calls")
-            return [clean_answer(a) if self.first_line_only else a for a in out]
+            return self._clean(out, len(idx))
 
         return self._through_cache(keys, compute)
 
@@ -236,28 +237,65 @@ class Reader(ABC):
         scores = self._through_cache(keys, compute)
         return [float(s) if s is not None else -math.inf for s in scores]
 
-    def _through_cache(self, keys: list[str], compute: Any) -> list[Any]:
-        """Look ``keys`` up, compute each distinct miss once (in first-seen order), store, and fill in."""
+    async def aanswer_batch(
+        self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]
+    ) -> list[str]:
+        """Async :meth:`answer_batch` (same cache); remote readers run their calls concurrently."""
+        _check_inputs(questions, passage_lists)
+        prompts = [self.prompt_text(q, ps) for q, ps in zip(questions, passage_lists, strict=True)]
+        keys = [call_key(self.name, "answer", p) for p in prompts]
+        found, todo = self._lookup(keys)
+        if todo:
+            idx = list(todo.values())
+            start = time.perf_counter()
+            out = await self._aanswer_uncached([questions[i] for i in idx], [passage_lists[i] for i in idx])
+            self._store(found, todo, self._clean(out, len(idx)), time.perf_counter() - start)
+        return [found[k] for k in keys]
+
+    async def _aanswer_uncached(
+        self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]
+    ) -> list[str]:
+        # Local models: run in a worker thread so the event loop stays free.
+        return await asyncio.to_thread(self._answer_uncached, questions, passage_lists)
+
+    def _clean(self, answers: Sequence[str], expected: int) -> list[str]:
+        if len(answers) != expected:
+            raise RuntimeError(f"{type(self).__name__} returned {len(answers)} answers for {expected} calls")
+        return [clean_answer(a) if self.first_line_only else a for a in answers]
+
+    def _lookup(self, keys: list[str]) -> tuple[dict[str, Any], dict[str, int]]:
+        """Cached values, and the first index of each distinct key still to compute (in first-seen order)."""
         stats = self._stats()
         stats.calls += len(keys)
         cache = getattr(self, "cache", None)
         found: dict[str, Any] = cache.get_many(keys) if cache is not None else {}
         stats.cache_hits += sum(k in found for k in keys)
-        first_index: dict[str, int] = {}
+        todo: dict[str, int] = {}
         for i, k in enumerate(keys):
-            if k not in found and k not in first_index:
-                first_index[k] = i
-        if first_index:
-            idx = list(first_index.values())
+            if k not in found and k not in todo:
+                todo[k] = i
+        return found, todo
+
+    def _store(self, found: dict[str, Any], todo: dict[str, int], values: list[Any], seconds: float) -> None:
+        stats = self._stats()
+        stats.seconds += seconds
+        stats.computed += len(todo)
+        new = dict(zip(todo, values, strict=True))
+        cache = getattr(self, "cache", None)
+        if cache is not None:
+            # -inf (an impossible answer) is not valid JSON; store it as null.
+            cache.put_many(
+                {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in new.items()}
+            )
+        found.update(new)
+
+    def _through_cache(self, keys: list[str], compute: Callable[[list[int]], list[Any]]) -> list[Any]:
+        """Look ``keys`` up, compute each distinct miss once, store, and return values in key order."""
+        found, todo = self._lookup(keys)
+        if todo:
             start = time.perf_counter()
-            values = compute(idx)
-            stats.seconds += time.perf_counter() - start
-            stats.computed += len(idx)
-            new = dict(zip(first_index, values, strict=True))
-            if cache is not None:
-                # -inf (an impossible answer) is not valid JSON; store it as null.
-                cache.put_many({k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in new.items()})
-            found.update(new)
+            values = compute(list(todo.values()))
+            self._store(found, todo, values, time.perf_counter() - start)
         return [found[k] for k in keys]
 
     def _stats(self) -> ReaderStats:

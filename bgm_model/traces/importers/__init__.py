@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from .dataset import bm25_retriever, load_corpus, records_from_dataset
+from .dataset import dense_retriever, records_from_dataset
 from .langsmith import import_langsmith, records_from_runs
 from .openinference import import_openinference, otlp_json_from_spans, records_from_spans, spans_from_json
 
 __all__ = [
-    "bm25_retriever",
+    "dense_retriever",
     "import_langsmith",
     "import_openinference",
-    "load_corpus",
     "otlp_json_from_spans",
     "records_from_dataset",
     "records_from_runs",

