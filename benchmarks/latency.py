@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bgm_model import BridgeConfig, BridgeModel  # noqa: E402
-from bgm_model.backbones import minilm_path  # noqa: E402
+from bgm_model.cross_encoder import CrossEncoder  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "nq_open"
 
@@ -73,35 +73,6 @@ def load_data(n_queries: int, n_passages: int) -> tuple[list[str], list[list[str
     questions = [json.loads(line)["question"] for line in (DATA / "dev.jsonl").open()][:n_queries]
     lists = [[passages[(q * 97 + i * 13) % len(passages)] for i in range(n_passages)] for q in range(n_queries)]
     return questions, lists
-
-
-class CrossEncoder:
-    """The same MiniLM-L6 backbone scoring each (query, passage) pair: the usual reranker's cost."""
-
-    def __init__(self, row_length: int) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        self.tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-        self.model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=1).eval()
-        self.row_length = row_length
-
-    @torch.inference_mode()
-    def rerank(self, queries: list[str], lists: list[list[str]], batch_size: int = 64) -> list[list[int]]:
-        firsts = [q for q, ps in zip(queries, lists) for _ in ps]
-        seconds = [p for ps in lists for p in ps]
-        rows = self.tokenizer(firsts, seconds, truncation="longest_first", max_length=self.row_length,
-                              padding="longest", return_tensors="pt")
-        scores = torch.cat([
-            self.model(**{k: v[i : i + batch_size] for k, v in rows.items()}).logits[:, 0]
-            for i in range(0, len(firsts), batch_size)
-        ])
-        out, start = [], 0
-        for ps in lists:
-            out.append(scores[start : start + len(ps)].argsort(descending=True).tolist())
-            start += len(ps)
-        return out
 
 
 def force_full_length(bridge: BridgeModel) -> Callable[[], None]:
@@ -144,7 +115,7 @@ def main() -> None:
     config = BridgeConfig(max_passages=max(64, max(args.passages)))
     bridge = BridgeModel.from_pretrained(args.bridge) if args.bridge else BridgeModel.from_encoder(config=config)
     bridge.to("cpu")
-    cross = CrossEncoder(bridge._row_length)
+    cross = CrossEncoder(max_length=bridge._row_length, batch_size=bridge.config.encoder_batch_size)
     rows = []
     for batch in args.batches:
         repeats = args.repeats if batch == 1 else max(3, args.repeats // 3)
@@ -153,7 +124,7 @@ def main() -> None:
             def run_bridge(q=queries, ls=lists, b=batch):
                 return bridge.bridge_batch(q, ls, batch_size=b)
 
-            ce = time_calls(lambda q=queries, ls=lists: cross.rerank(q, ls), repeats)
+            ce = time_calls(lambda q=queries, ls=lists: cross.rerank_batch(q, ls), repeats)
             own = time_calls(run_bridge, repeats)
             out_len = statistics.mean(len(r.ids) for r in bridge.bridge_batch(queries, lists, batch_size=batch))
             undo = force_full_length(bridge)

@@ -1,0 +1,123 @@
+"""A MiniLM cross-encoder reranker: the supervised baseline a user would train instead of a bridge.
+
+It scores each (question, passage) pair independently with the same backbone the bridge warm-starts from,
+and is trained on gold-passage labels (which a bridge never sees). The latency benchmark uses it untrained,
+as the cost reference of one reranking pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .backbones import minilm_path
+from .modeling import _quiet_transformers, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+class CrossEncoder:
+    """``score(question, passages)`` -> one relevance logit per passage (higher is more relevant)."""
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        max_length: int = 181,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+    ) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        source = str(path) if path is not None else minilm_path()
+        with _quiet_transformers():
+            self.model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, use_safetensors=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = resolve_device(device)
+        self.model.to(self.device).eval()
+
+    def _rows(self, questions: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(
+            list(questions), list(passages), truncation="longest_first", max_length=self.max_length,
+            padding="longest", return_tensors="pt",
+        ).to(self.device)
+
+    @torch.inference_mode()
+    def score_pairs(self, questions: Sequence[str], passages: Sequence[str]) -> list[float]:
+        if not passages:
+            return []
+        self.model.eval()
+        rows = self._rows(questions, passages)
+        logits = [
+            self.model(**{k: v[i : i + self.batch_size] for k, v in rows.items()}).logits[:, 0]
+            for i in range(0, len(passages), self.batch_size)
+        ]
+        return torch.cat(logits).float().tolist()
+
+    def score(self, question: str, passages: Sequence[str]) -> list[float]:
+        return self.score_pairs([question] * len(passages), passages)
+
+    def rerank_batch(self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> list[list[int]]:
+        """Passage indices by descending score, for each question (one scoring pass over all pairs)."""
+        flat_q = [q for q, ps in zip(questions, passage_lists) for _ in ps]
+        flat_p = [p for ps in passage_lists for p in ps]
+        scores = self.score_pairs(flat_q, flat_p)
+        out, start = [], 0
+        for ps in passage_lists:
+            chunk = scores[start : start + len(ps)]
+            out.append(sorted(range(len(ps)), key=lambda i: -chunk[i]))
+            start += len(ps)
+        return out
+
+    def fit(
+        self,
+        pairs: Sequence[tuple[str, str, float]],
+        *,
+        epochs: int = 2,
+        learning_rate: float = 3e-5,
+        batch_size: int = 16,
+        seed: int = 0,
+    ) -> list[float]:
+        """Train on (question, passage, label in [0, 1]) with binary cross-entropy; returns epoch losses."""
+        if not pairs:
+            raise ValueError("CrossEncoder.fit needs labelled (question, passage, label) pairs")
+        positives = sum(1 for *_, y in pairs if y > 0.5)
+        if positives == 0 or positives == len(pairs):
+            raise ValueError(f"CrossEncoder.fit needs both labels; got {positives} positives of {len(pairs)}")
+        # Gold passages are rare among candidates: weight positives so both classes count equally.
+        pos_weight = torch.tensor((len(pairs) - positives) / positives, device=self.device)
+        rng = random.Random(seed)
+        torch.manual_seed(seed)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, weight_decay=0.01)
+        order = list(range(len(pairs)))
+        losses = []
+        self.model.train()
+        for epoch in range(epochs):
+            rng.shuffle(order)
+            total = 0.0
+            for start in range(0, len(order), batch_size):
+                batch = [pairs[i] for i in order[start : start + batch_size]]
+                rows = self._rows([b[0] for b in batch], [b[1] for b in batch])
+                logits = self.model(**rows).logits[:, 0]
+                labels = torch.tensor([float(b[2]) for b in batch], device=self.device)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(batch)
+            losses.append(total / len(pairs))
+            logger.info("cross-encoder epoch %d: loss %.4f", epoch + 1, losses[-1])
+        self.model.eval()
+        return losses
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        return path

@@ -1,0 +1,119 @@
+"""Baseline arrangements, the evaluation loop, and the cross-encoder baseline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from llama_index.core.postprocessor import LongContextReorder
+from llama_index.core.schema import NodeWithScore, TextNode
+
+from bgm_model.arrangements import (
+    baseline_arrangements,
+    bridge_arrangement,
+    fixed_sequences,
+    long_context_order,
+    no_retrieval,
+    retriever_order,
+    top_k,
+)
+from bgm_model.cli.main import main as bgm_main
+from bgm_model.evaluation import bootstrap_ci, evaluate
+from bgm_model.training.toy import ToyReader, make_toy_examples, toy_key_index, toy_optimal_ids
+from tests._helpers import make_tiny_bridge
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 10])
+def test_long_context_order_matches_llama_index(n: int) -> None:
+    nodes = [NodeWithScore(node=TextNode(text=str(i)), score=1.0 - i / 100) for i in range(n)]
+    expected = [int(x.node.get_content()) for x in LongContextReorder().postprocess_nodes(nodes, query_str="q")]
+    assert long_context_order(n) == expected
+    if n >= 2:  # the two best passages sit at the two ends
+        assert {long_context_order(n)[0], long_context_order(n)[-1]} == {0, 1}
+
+
+def test_top_k_variants() -> None:
+    (ex,) = make_toy_examples(1, n_passages=5)
+    assert top_k(3)([ex]) == [[0, 1, 2]]
+    assert top_k(3, reverse=True)([ex]) == [[2, 1, 0]]
+    assert top_k(3, repeat_top=True)([ex]) == [[0, 1, 2, 0]]
+    assert top_k(3, reverse=True, repeat_top=True)([ex]) == [[2, 1, 0, 0]]
+    assert top_k(9)([ex]) == [[0, 1, 2, 3, 4]]
+    with pytest.raises(ValueError):
+        top_k(0)
+    names = [m.name for m in baseline_arrangements((1, 3))]
+    assert len(names) == len(set(names)) and "top-1, reversed" not in names
+
+
+def test_evaluate_scores_each_method_with_the_reader() -> None:
+    examples = make_toy_examples(12, n_passages=5, seed=3)
+    oracle = fixed_sequences("oracle", {ex.id: toy_optimal_ids(ex) for ex in examples})
+    key_last = fixed_sequences("key last", {ex.id: [toy_key_index(ex)] for ex in examples})
+    report = evaluate(examples, ToyReader(cache=False), [no_retrieval(), retriever_order(), key_last, oracle], batch_size=5,
+                      show_progress=False)
+    assert report.by_name("oracle").em == 1.0 and report.by_name("oracle").f1 == 1.0
+    assert report.by_name("key last").em == 0.0 and report.by_name("key last").f1 == pytest.approx(2 / 3)
+    assert report.by_name("no retrieval").f1 == 0.0
+    assert report.by_name("oracle").passages == 2.0 and report.by_name("no retrieval").passages == 0.0
+    assert report.by_name("all, retriever order").prompt_tokens > report.by_name("oracle").prompt_tokens
+    assert report.reader_calls == 4 * 12
+    lo, hi = report.by_name("key last").interval("f1")
+    assert lo == pytest.approx(2 / 3) and hi == pytest.approx(2 / 3)
+    assert "| oracle | 1.000 | 1.000 |" in report.table()
+
+
+def test_evaluate_rejects_bad_input() -> None:
+    examples = make_toy_examples(2)
+    with pytest.raises(ValueError, match="no examples"):
+        evaluate([], ToyReader(cache=False), [no_retrieval()])
+    with pytest.raises(ValueError, match="unique"):
+        evaluate(examples, ToyReader(cache=False), [no_retrieval(), no_retrieval()])
+    examples[0].answers = []
+    with pytest.raises(ValueError, match="no gold answers"):
+        evaluate(examples, ToyReader(cache=False), [no_retrieval()])
+
+
+def test_bridge_arrangement_uses_the_bridge_batched() -> None:
+    examples = make_toy_examples(3, n_passages=4)
+    bridge = make_tiny_bridge()
+    ids = bridge_arrangement(bridge)(examples)
+    assert ids == [r.ids for r in bridge.bridge_batch([e.question for e in examples], [e.passages for e in examples])]
+
+
+def test_bootstrap_ci_brackets_the_mean() -> None:
+    values = [0.0] * 50 + [1.0] * 50
+    lo, hi = bootstrap_ci(values, samples=2000)
+    assert lo < 0.5 < hi and hi - lo < 0.3
+
+
+def test_evaluate_cli_with_a_saved_bridge(tmp_path, capsys) -> None:
+    data = tmp_path / "toy.jsonl"
+    with data.open("w") as f:
+        for ex in make_toy_examples(4, n_passages=4):
+            f.write(json.dumps({"id": ex.id, "question": ex.question, "answers": ex.answers,
+                                "passages": [{"title": "", "text": p} for p in ex.passages]}) + "\n")
+    bridge_dir = make_tiny_bridge().save_pretrained(tmp_path / "bridge")
+    out = tmp_path / "report.json"
+    code = bgm_main(["evaluate", "--data", str(data), "--reader", "toy", "--baselines", "basic",
+                     "--bridge", f"tiny={bridge_dir}", "--output", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| tiny |" in printed and "| all, retriever order |" in printed
+    assert [m["name"] for m in json.loads(out.read_text())["methods"]] == ["no retrieval", "all, retriever order", "tiny"]
+
+
+def test_cross_encoder_learns_gold_labels() -> None:
+    from bgm_model.cross_encoder import CrossEncoder
+
+    examples = make_toy_examples(16, n_passages=4, seed=7)
+    pairs = [(ex.question, p, float(i == toy_key_index(ex))) for ex in examples for i, p in enumerate(ex.passages)]
+    ce = CrossEncoder(max_length=64)
+    before = ce.rerank_batch([e.question for e in examples], [e.passages for e in examples])
+    losses = ce.fit(pairs, epochs=3, learning_rate=5e-5, batch_size=16)
+    after = ce.rerank_batch([e.question for e in examples], [e.passages for e in examples])
+    hits_before = sum(order[0] == toy_key_index(ex) for order, ex in zip(before, examples))
+    hits_after = sum(order[0] == toy_key_index(ex) for order, ex in zip(after, examples))
+    assert losses[-1] < losses[0]
+    assert hits_after >= 12 and hits_after > hits_before
+    with pytest.raises(ValueError, match="both labels"):
+        ce.fit([("q", "p", 1.0)])
