@@ -1,0 +1,529 @@
+"""Silver passage sequences (SPS): greedy search for the passage sequence the frozen reader answers best from.
+
+This is the supervision of BGM's first training stage (Ke et al., ACL 2024, sec. 3.2). For one question with
+candidates ``c_0 .. c_{n-1}`` (retriever order):
+
+1. Start from the empty sequence and score it (no passages is a valid, sometimes best, target).
+2. At each step, try appending every candidate that has been used fewer than ``max_repeats`` times (repeats
+   are allowed: readers weigh a passage seen twice more, and the bridge may output an id twice).
+3. Keep the best extension if it *improves* on the current sequence; otherwise stop. Also stop at
+   ``max_length`` passages or (by default) as soon as the primary reward reaches its maximum.
+
+**Scores and the tie rule.** Every sequence gets a pair ``(primary, secondary)``: ``primary`` is the reward
+(e.g. exact match of the reader's answer), ``secondary`` a dense score that separates sequences the primary
+ties on (exact match and containment are 0/1). Comparison is lexicographic:
+``a`` beats ``b`` iff ``a.primary > b.primary + 1e-9``, or the primaries are equal (within ``1e-9``) and
+``a.secondary > b.secondary + min_gain``. Among the candidates of a step, the first in retriever order wins
+any remaining tie (we scan in order and replace the best only when strictly beaten). The same rule decides
+continuation: an extension is accepted only if it beats the current sequence.
+
+The default secondary (``"auto"``) is the gold-answer log-likelihood when the reader supports scoring (dense
+even when every answer is wrong), else token F1 of the answer; none when the primary is itself one of them.
+
+**Fewer reader calls** (``SilverConfig``; a *call* counts one prompt sent to the reader, generation or
+scoring):
+
+* batching: all extensions of one step go to the reader in one ``answer_batch`` (and one ``score_batch``)
+  call; they share the prompt prefix (question + current sequence), which the reader can reuse.
+* dedupe: prompts with identical passage texts (e.g. duplicate candidates) are evaluated once per question.
+* ``stop_at_max``: stop as soon as the primary reaches its maximum (e.g. EM = 1). Lossless when the secondary
+  is bounded and then at its maximum too (EM = 1 implies F1 = 1); with the log-likelihood secondary it
+  deliberately prefers the shortest sequence that solves the question over polishing the likelihood.
+* ``top_m``: after the first step (each candidate alone, which greedy scores anyway), later steps only try
+  the ``top_m`` best candidates by that single-passage score. Lossy: a passage useless alone but useful in
+  combination (a second hop) is dropped unless it ranks in the top ``m``.
+
+``SilverConfig.naive()`` switches all of them off: one call per prompt, every step scans every candidate.
+Each record stores ``reader_calls`` (prompts actually sent) and ``naive_reader_calls``, the prompts naive greedy
+sends along the same path: exact when naive greedy takes that path too (as in the toy environment), a lower
+bound when ``top_m`` cut a candidate it would have picked or it would keep improving a secondary past the
+maximum.
+
+**Output.** :class:`SilverSequence` records; ``ids`` are 0-based indices into ``passages`` (the candidates in
+retriever order), so ``[3, 3]`` means "candidate 3, twice". :func:`synthesize_to_file` appends one JSON line
+per question as it is done and skips ids already in the file, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from bgm_model.data import QAExample
+from bgm_model.readers.base import Reader
+from bgm_model.rewards import (
+    RewardFunc,
+    answer_loglik,
+    get_reward,
+    reward_batch,
+    reward_max_value,
+    reward_name,
+    reward_needs_answer,
+    token_f1,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SilverConfig",
+    "SilverSequence",
+    "SynthesisStats",
+    "read_silver",
+    "silver_ids",
+    "synthesize",
+    "synthesize_one",
+    "synthesize_to_file",
+    "write_silver",
+]
+
+_EPS = 1e-9
+
+
+@dataclass
+class SilverConfig:
+    """Settings of the greedy search (see the module docstring)."""
+
+    max_length: int = field(default=5, metadata={"help": "most passages in a silver sequence"})
+    max_repeats: int = field(default=2, metadata={"help": "most times one candidate may appear"})
+    secondary: str | RewardFunc | None = field(
+        default="auto",
+        metadata={"help": "tie-breaking dense score: 'auto', a reward name/callable, or None"},
+    )
+    min_gain: float = field(default=1e-6, metadata={"help": "smallest secondary gain that counts as better"})
+    top_m: int | None = field(
+        default=5, metadata={"help": "after step 1 only extend with the top-M single passages (None: all)"}
+    )
+    stop_at_max: bool = field(
+        default=True, metadata={"help": "stop once the primary reward is at its maximum"}
+    )
+    batch: bool = field(default=True, metadata={"help": "one reader call per step instead of one per prompt"})
+    dedupe: bool = field(default=True, metadata={"help": "evaluate identical prompts once per question"})
+
+    def __post_init__(self) -> None:
+        if self.max_length < 0:
+            raise ValueError("max_length must be >= 0")
+        if self.max_repeats < 1:
+            raise ValueError("max_repeats must be >= 1")
+        if self.top_m is not None and self.top_m < 1:
+            raise ValueError("top_m must be >= 1 or None")
+        if self.min_gain < 0:
+            raise ValueError("min_gain must be >= 0")
+
+    @classmethod
+    def naive(cls, **overrides: Any) -> SilverConfig:
+        """Plain greedy search: no batching, dedupe, pruning or early stop (the baseline for call counts)."""
+        base = cls(top_m=None, stop_at_max=False, batch=False, dedupe=False)
+        return replace(base, **overrides)
+
+
+@dataclass
+class SilverSequence:
+    """The silver passage sequence of one question, with how it was found."""
+
+    id: str
+    question: str
+    passages: list[str]
+    answers: list[str]
+    ids: list[int]
+    answer: str | None
+    score: float
+    secondary_score: float | None
+    trajectory: list[dict[str, Any]]
+    stop_reason: str
+    reward: str
+    secondary: str | None
+    reader_calls: int
+    reader_batches: int
+    naive_reader_calls: int
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SilverSequence:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def passages_in_order(self) -> list[str]:
+        """The silver sequence as passage texts (what the reader is shown)."""
+        return [self.passages[i] for i in self.ids]
+
+
+@dataclass
+class SynthesisStats:
+    """Totals of a :func:`synthesize_to_file` run (questions already in the file are not counted)."""
+
+    written: int = 0
+    skipped_done: int = 0
+    skipped_no_answers: int = 0
+    reader_calls: int = 0
+    reader_batches: int = 0
+    naive_reader_calls: int = 0
+
+    @property
+    def call_reduction(self) -> float:
+        """1 - calls / naive calls (0 when nothing was done)."""
+        return 1.0 - self.reader_calls / self.naive_reader_calls if self.naive_reader_calls else 0.0
+
+
+class _CountingReader(Reader):
+    """Delegates to a reader and counts prompts and calls (so rewards that call the reader are counted too)."""
+
+    def __init__(self, inner: Reader) -> None:
+        super().__init__(inner.name, inner.template, cache=False)
+        self.inner = inner
+        self.prompts = 0
+        self.calls = 0
+
+    def answer_batch(self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> list[str]:
+        self.prompts += len(questions)
+        self.calls += 1
+        answers = self.inner.answer_batch(questions, passage_lists)
+        if len(answers) != len(questions):
+            raise RuntimeError(
+                f"reader {self.name} returned {len(answers)} answers for {len(questions)} prompts"
+            )
+        return answers
+
+    @property
+    def supports_scoring(self) -> bool:
+        return self.inner.supports_scoring
+
+    def score_batch(
+        self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]], answers: Sequence[str]
+    ) -> list[float]:
+        self.prompts += len(questions)
+        self.calls += 1
+        return self.inner.score_batch(questions, passage_lists, answers)
+
+
+def _resolve_secondary(
+    spec: str | RewardFunc | None, primary: RewardFunc, reader: Reader
+) -> RewardFunc | None:
+    if spec is None:
+        return None
+    if spec == "auto":
+        dense = answer_loglik if reader.supports_scoring else token_f1
+        return None if dense is primary or primary is answer_loglik else dense
+    secondary = get_reward(spec) if isinstance(spec, str) else spec
+    return None if secondary is primary else secondary
+
+
+@dataclass
+class _Eval:
+    primary: float
+    secondary: float
+    answer: str | None
+
+
+def _beats(a: _Eval, b: _Eval, min_gain: float) -> bool:
+    if a.primary > b.primary + _EPS:
+        return True
+    return abs(a.primary - b.primary) <= _EPS and a.secondary > b.secondary + min_gain
+
+
+class _Search:
+    """Greedy search for one example; keeps the per-question prompt memo."""
+
+    def __init__(
+        self,
+        example: QAExample,
+        reader: _CountingReader,
+        primary: RewardFunc,
+        secondary: RewardFunc | None,
+        config: SilverConfig,
+    ) -> None:
+        self.ex = example
+        self.reader = reader
+        self.primary = primary
+        self.secondary = secondary
+        self.config = config
+        self.needs_answer = reward_needs_answer(primary) or (
+            secondary is not None and reward_needs_answer(secondary)
+        )
+        self.memo: dict[tuple[str, ...], _Eval] = {}
+        self.states_sent = 0  # prompts-worth of states evaluated after dedupe
+
+    def evaluate(self, states: list[tuple[int, ...]]) -> list[_Eval]:
+        keys = [tuple(self.ex.passages[i] for i in s) for s in states]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.memo)) if self.config.dedupe else keys
+        self.states_sent += len(todo)
+        if self.config.batch:
+            results = self._evaluate_prompts(todo)
+        else:
+            results = [r for k in todo for r in self._evaluate_prompts([k])]
+        if self.config.dedupe:
+            self.memo.update(zip(todo, results, strict=True))
+            return [self.memo[k] for k in keys]
+        return results
+
+    def _evaluate_prompts(self, lists: list[tuple[str, ...]]) -> list[_Eval]:
+        if not lists:
+            return []
+        n = len(lists)
+        questions = [self.ex.question] * n
+        golds = [self.ex.answers] * n
+        answers: list[str] = (
+            self.reader.answer_batch(questions, [list(p) for p in lists]) if self.needs_answer else [""] * n
+        )
+        passage_lists = [list(p) for p in lists]
+
+        def score(reward: RewardFunc) -> list[float]:
+            return reward_batch(
+                reward, answers, golds, questions=questions, passage_lists=passage_lists, reader=self.reader
+            )
+
+        primary = score(self.primary)
+        secondary = score(self.secondary) if self.secondary is not None else [0.0] * n
+        return [
+            _Eval(float(p), float(s), a if self.needs_answer else None)
+            for p, s, a in zip(primary, secondary, answers, strict=True)
+        ]
+
+    def run(self) -> tuple[list[int], _Eval, list[dict[str, Any]], str, int]:
+        cfg = self.config
+        n = len(self.ex.passages)
+        max_value = reward_max_value(self.primary)
+        state: tuple[int, ...] = ()
+        counts: Counter[int] = Counter()
+        current = self.evaluate([state])[0]
+        trajectory = [self._step_record(state, current, evaluated=1)]
+        naive_states = 1
+        pool = list(range(n))
+
+        def solved(e: _Eval) -> bool:
+            return cfg.stop_at_max and max_value is not None and e.primary >= max_value - _EPS
+
+        stop = "solved" if solved(current) else "max_length"
+        if stop != "solved":
+            for step in range(1, cfg.max_length + 1):
+                naive_states += sum(1 for i in range(n) if counts[i] < cfg.max_repeats)
+                candidates = [i for i in pool if counts[i] < cfg.max_repeats]
+                if not candidates:
+                    stop = "no_candidates"
+                    break
+                results = self.evaluate([state + (i,) for i in candidates])
+                best_i, best = candidates[0], results[0]
+                for i, r in zip(candidates[1:], results[1:], strict=True):
+                    if _beats(r, best, cfg.min_gain):  # strict, so the earliest candidate wins ties
+                        best_i, best = i, r
+                if step == 1 and cfg.top_m is not None and cfg.top_m < len(candidates):
+                    pool = self._top_m(candidates, results, cfg.top_m)
+                if not _beats(best, current, cfg.min_gain):
+                    stop = "no_improvement"
+                    break
+                state, current = state + (best_i,), best
+                counts[best_i] += 1
+                trajectory.append(self._step_record(state, current, evaluated=len(candidates)))
+                if solved(current):
+                    stop = "solved"
+                    break
+        return list(state), current, trajectory, stop, naive_states
+
+    def _top_m(self, candidates: list[int], results: list[_Eval], m: int) -> list[int]:
+        # Rank with the same lexicographic rule (primary, secondary, earlier first); keep retriever order.
+        ranked = sorted(range(len(candidates)), key=lambda j: (-results[j].primary, -results[j].secondary, j))
+        return sorted(candidates[j] for j in ranked[:m])
+
+    def _step_record(self, state: tuple[int, ...], e: _Eval, *, evaluated: int) -> dict[str, Any]:
+        return {
+            "ids": list(state),
+            "answer": e.answer,
+            "primary": e.primary,
+            "secondary": e.secondary if self.secondary is not None else None,
+            "evaluated": evaluated,
+        }
+
+
+def _naive_steps_after(stop: str, length: int, max_length: int) -> bool:
+    """Whether naive greedy would scan one more step than we did (it has no early stop at the maximum)."""
+    return stop == "solved" and length < max_length
+
+
+def synthesize_one(
+    example: QAExample,
+    reader: Reader,
+    *,
+    reward: str | RewardFunc = "em",
+    config: SilverConfig | None = None,
+) -> SilverSequence:
+    """The silver sequence of one example (see the module docstring for the search and tie rule)."""
+    config = config or SilverConfig()
+    if not example.answers:
+        raise ValueError(f"example {example.id!r} has no gold answers; a silver sequence needs them")
+    primary = get_reward(reward) if isinstance(reward, str) else reward
+    secondary = _resolve_secondary(config.secondary, primary, reader)
+    counting = _CountingReader(reader)
+    search = _Search(example, counting, primary, secondary, config)
+    ids, final, trajectory, stop, naive_states = search.run()
+
+    if _naive_steps_after(stop, len(ids), config.max_length):
+        # Naive greedy does not stop at the maximum: it scans one more step and finds no improvement.
+        counts = Counter(ids)
+        naive_states += sum(1 for i in range(len(example.passages)) if counts[i] < config.max_repeats)
+    # Every state costs the same prompts (one generation and/or one scoring per gold), so scale by that.
+    prompts_per_state = counting.prompts / search.states_sent if search.states_sent else 0.0
+    naive_calls = round(naive_states * prompts_per_state)
+    return SilverSequence(
+        id=example.id,
+        question=example.question,
+        passages=list(example.passages),
+        answers=list(example.answers),
+        ids=ids,
+        answer=final.answer,
+        score=final.primary,
+        secondary_score=final.secondary if secondary is not None else None,
+        trajectory=trajectory,
+        stop_reason=stop,
+        reward=reward_name(primary),
+        secondary=reward_name(secondary) if secondary is not None else None,
+        reader_calls=counting.prompts,
+        reader_batches=counting.calls,
+        naive_reader_calls=naive_calls,
+        source=example.source,
+    )
+
+
+def synthesize(
+    examples: Iterable[QAExample],
+    reader: Reader,
+    *,
+    reward: str | RewardFunc = "em",
+    config: SilverConfig | None = None,
+    skip_ids: Iterable[str] = (),
+) -> Iterator[SilverSequence]:
+    """Silver sequences of ``examples``, lazily and in order.
+
+    Examples whose id is in ``skip_ids`` are skipped silently, those without gold answers with a warning.
+    Duplicate ids raise ``ValueError`` (files resume by id, so a duplicate would be lost).
+    """
+    config = config or SilverConfig()
+    skip = set(skip_ids)
+    seen: set[str] = set()
+    for ex in examples:
+        if ex.id in seen:
+            raise ValueError(f"duplicate example id {ex.id!r}")
+        seen.add(ex.id)
+        if ex.id in skip:
+            continue
+        if not ex.answers:
+            logger.warning("skipping example %r: no gold answers", ex.id)
+            continue
+        yield synthesize_one(ex, reader, reward=reward, config=config)
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+def _repair_tail(path: Path) -> None:
+    """Drop a partial last line (a crash mid-write) so appended records start on a fresh line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        cut = data.rfind(b"\n") + 1
+        logger.warning("%s: dropping a truncated last line (%d bytes)", path, len(data) - cut)
+        f.truncate(cut)
+
+
+def write_silver(records: Iterable[SilverSequence], path: str | os.PathLike[str]) -> int:
+    """Append records to a JSON Lines file, one flushed line each (a crash loses at most the current one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _repair_tail(path)
+    n = 0
+    with open(path, "a", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec.to_dict(), ensure_ascii=False) + "\n")
+            f.flush()
+            n += 1
+    return n
+
+
+def _iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as e:
+            if lineno == len(lines) and not line.endswith("\n"):
+                logger.warning("%s: ignoring a truncated last line", path)
+                return
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+
+
+def read_silver(path: str | os.PathLike[str]) -> list[SilverSequence]:
+    """All records of a silver file (a truncated last line from a crash is ignored with a warning)."""
+    return [SilverSequence.from_dict(d) for d in _iter_records(Path(path))]
+
+
+def silver_ids(path: str | os.PathLike[str]) -> set[str]:
+    """Ids already in a silver file (empty if it does not exist)."""
+    path = Path(path)
+    return {str(d["id"]) for d in _iter_records(path)} if path.exists() else set()
+
+
+def synthesize_to_file(
+    examples: Iterable[QAExample],
+    reader: Reader,
+    path: str | os.PathLike[str],
+    *,
+    reward: str | RewardFunc = "em",
+    config: SilverConfig | None = None,
+    resume: bool = True,
+    log_every: int = 10,
+) -> SynthesisStats:
+    """Synthesize and append to ``path`` question by question, skipping ids already there if ``resume``."""
+    path = Path(path)
+    if path.exists() and not resume:
+        raise FileExistsError(f"{path} exists; pass resume=True to continue it or choose another path")
+    examples = list(examples)
+    done = silver_ids(path) if resume else set()
+    stats = SynthesisStats(skipped_done=sum(1 for ex in examples if ex.id in done))
+    stats.skipped_no_answers = sum(1 for ex in examples if ex.id not in done and not ex.answers)
+    if stats.skipped_done:
+        logger.info("%s: %d of %d questions already done, resuming", path, stats.skipped_done, len(examples))
+    todo = len(examples) - stats.skipped_done - stats.skipped_no_answers
+
+    def counted() -> Iterator[SilverSequence]:
+        for rec in synthesize(examples, reader, reward=reward, config=config, skip_ids=done):
+            stats.written += 1
+            stats.reader_calls += rec.reader_calls
+            stats.reader_batches += rec.reader_batches
+            stats.naive_reader_calls += rec.naive_reader_calls
+            if log_every and stats.written % log_every == 0:
+                logger.info(
+                    "%d/%d silver sequences, %d reader calls (naive greedy: %d)",
+                    stats.written,
+                    todo,
+                    stats.reader_calls,
+                    stats.naive_reader_calls,
+                )
+            yield rec
+
+    write_silver(counted(), path)
+    logger.info(
+        "wrote %d silver sequences to %s: %d reader calls in %d batches (naive greedy: %d, -%.0f%%)",
+        stats.written,
+        path,
+        stats.reader_calls,
+        stats.reader_batches,
+        stats.naive_reader_calls,
+        100 * stats.call_reduction,
+    )
+    return stats
