@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 # Each module defines ``register(subparsers)`` and sets ``func`` on its parsers.
-_COMMAND_MODULES: tuple[str, ...] = ("synthesize", "traces", "evaluate")
+_COMMAND_MODULES: tuple[str, ...] = ("synthesize", "traces", "evaluate", "train", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,9 @@ import torch
 from bgm_model import BridgeConfig, BridgeModel
 
 
-def _tiny_bridge(hidden: int = 32, seed: int = 0, dropout: float = 0.1) -> BridgeModel:
+def _tiny_bridge(
+    hidden: int = 32, seed: int = 0, dropout: float = 0.1, config: BridgeConfig | None = None
+) -> BridgeModel:
     from transformers import AutoTokenizer, BertConfig, EncoderDecoderConfig, EncoderDecoderModel
 
     from bgm_model.backbones import minilm_path
@@ -19,9 +21,14 @@ def _tiny_bridge(hidden: int = 32, seed: int = 0, dropout: float = 0.1) -> Bridg
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(minilm_path())
     enc = BertConfig(
-        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=2 * hidden, max_position_embeddings=64,
-        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     dec = BertConfig(**{**enc.to_dict(), "is_decoder": True, "add_cross_attention": True})
     model = EncoderDecoderModel(config=EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec))
@@ -29,7 +36,9 @@ def _tiny_bridge(hidden: int = 32, seed: int = 0, dropout: float = 0.1) -> Bridg
     model.config.eos_token_id = tok.sep_token_id
     model.config.pad_token_id = tok.pad_token_id
     # Toy passages are ~12 tokens and questions ~10: rows of 12 + 16 + 5 tokens fit 64 positions.
-    config = BridgeConfig(max_passages=8, max_query_tokens=12, max_passage_tokens=16, max_output_length=4)
+    config = config or BridgeConfig(
+        max_passages=8, max_query_tokens=12, max_passage_tokens=16, max_output_length=4
+    )
     return BridgeModel(model, tok, config)
 
 

@@ -1,0 +1,310 @@
+"""Supervised stage: teacher forcing on silver passage sequences (SPS).
+
+The loss is minus the log-probability of the target ID sequence (end step included) under the *same*
+constrained distribution the bridge decodes with (:meth:`BridgeModel.step_log_probs`), averaged over the batch
+(``loss_reduction='sequence'``) or over all target steps (``'token'``).
+
+Runs unchanged under ``accelerate launch``: the model and optimizer go through ``Accelerator.prepare`` and
+the loss is computed by calling the prepared model (the bridge's ``forward`` returns step log-probs), so DDP
+synchronises gradients. Data order is a function of (seed, epoch), and a checkpoint holds optimizer,
+scheduler and every process's RNG state, so a resumed run ends with the same weights as an uninterrupted one.
+
+Output directory::
+
+    checkpoint/      resume state: the bridge (save_pretrained format) + optimizer.pt, scheduler.pt,
+                     rng_state_<rank>.pt, trainer_state.json  (replaced atomically)
+    best/            the bridge with the best dev metric so far
+    final/           the bridge at the end of training
+    log.jsonl        one record per logging step and per evaluation
+    sl_config.json   the config of the run
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bgm_model.modeling import BridgeModel
+
+from ._common import (
+    BEST_DIR,
+    FINAL_DIR,
+    LOG_FILE,
+    Callback,
+    JsonlLog,
+    TrainExample,
+    as_train_examples,
+    check_fits,
+    epoch_order,
+    evaluate_bridge,
+    find_checkpoint,
+    global_batches,
+    linear_schedule,
+    load_trainer_state,
+    load_weights_into,
+    make_accelerator,
+    make_optimizer,
+    progress,
+    save_bridge_atomically,
+    save_checkpoint,
+    seed_everything,
+    split_dev,
+)
+from .sl_config import SLConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SLResult", "SLTrainer"]
+
+
+@dataclass
+class SLResult:
+    """What :meth:`SLTrainer.train` did."""
+
+    global_step: int
+    epochs_completed: int
+    best_metric: float | None
+    """Best dev value of the selection metric (reward with a reader, else exact-sequence accuracy)."""
+    output_dir: Path
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+
+
+class SLTrainer:
+    """Teacher-forcing trainer for a :class:`~bgm_model.BridgeModel` on silver passage sequences.
+
+    Args:
+        bridge: the bridge to train (in place); a resumed run must pass the same initial bridge.
+        config: training settings.
+        train_data: records with ``question``, ``passages`` and target ``ids`` (``SilverSequence`` objects,
+            dicts, or anything with those attributes); ``answers`` are needed only for the reader metric.
+        dev_data: held-out records; ``None`` splits ``config.dev_fraction`` off ``train_data`` (by seed).
+        reader: a frozen :class:`~bgm_model.readers.base.Reader`; with it, dev is scored by the downstream
+            metric (reward of the reader's answer on the bridge's greedy passage sequence).
+        reward: a reward callable or name; defaults to ``config.eval_metric``.
+        callbacks: called after each optimizer step with that step's record; an exception stops training.
+    """
+
+    def __init__(
+        self,
+        bridge: BridgeModel,
+        config: SLConfig | None = None,
+        train_data: Sequence[Any] = (),
+        dev_data: Sequence[Any] | None = None,
+        reader: Any = None,
+        reward: Any = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.bridge = bridge
+        self.config = config if config is not None else SLConfig()
+        examples = as_train_examples(train_data, need_ids=True, what="train_data")
+        if not examples:
+            raise ValueError("train_data is empty: SL training needs silver passage sequences")
+        if dev_data is None:
+            self.train_data, self.dev_data = split_dev(examples, self.config.dev_fraction, self.config.seed)
+        else:
+            self.train_data = examples
+            self.dev_data = as_train_examples(dev_data, need_ids=reader is None, what="dev_data")
+        check_fits(bridge, self.train_data, "train_data")
+        check_fits(bridge, self.dev_data, "dev_data")
+        self.reader = reader
+        if reader is not None:
+            from bgm_model.rewards import get_reward
+
+            self.reward = get_reward(reward or self.config.eval_metric) if not callable(reward) else reward
+        else:
+            self.reward = None
+        self.callbacks = list(callbacks)
+        self.accelerator = make_accelerator(self.config.mixed_precision)
+        self.output_dir = Path(self.config.output_dir)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _info(self, msg: str, *args: Any) -> None:
+        # Every process runs the same loop; only the main one reports.
+        if self.accelerator.is_main_process:
+            logger.info(msg, *args)
+
+    def _loss(self, model: Any, batch: list[TrainExample]) -> torch.Tensor:
+        with self.accelerator.autocast():
+            lp, mask = model([e.question for e in batch], [e.passages for e in batch], [e.ids for e in batch])
+        if self.config.loss_reduction == "token":
+            return -lp.sum() / mask.sum()
+        return -lp.sum(-1).mean()
+
+    def evaluate(self, examples: Sequence[TrainExample] | None = None) -> dict[str, float]:
+        """Dev metrics (see :func:`evaluate_bridge`); ``examples`` default to the dev set."""
+        examples = self.dev_data if examples is None else examples
+        if self.config.max_eval_examples:
+            examples = list(examples)[: self.config.max_eval_examples]
+        return evaluate_bridge(
+            self.accelerator,
+            self.bridge,
+            examples,
+            reader=self.reader,
+            reward=self.reward,
+            batch_size=self.config.eval_batch_size,
+        )
+
+    def _selection_key(self, metrics: dict[str, float]) -> tuple[float, float]:
+        # Higher is better; ties on the main metric go to the lower dev loss.
+        main = metrics["reward"] if self.reader is not None else metrics["seq_acc"]
+        loss = metrics["loss"]
+        return (main if not math.isnan(main) else -math.inf, -loss if not math.isnan(loss) else -math.inf)
+
+    # ------------------------------------------------------------------------------------------ training
+    def train(self) -> SLResult:
+        cfg, acc = self.config, self.accelerator
+        seed_everything(cfg.seed)
+        out = self.output_dir
+        if acc.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            cfg.to_json(out / "sl_config.json")
+        acc.wait_for_everyone()
+        log = JsonlLog(out / LOG_FILE, acc.is_main_process)
+
+        checkpoint = find_checkpoint(out) if cfg.resume else None
+        if checkpoint is not None:
+            load_weights_into(self.bridge, checkpoint)
+
+        world, rank = acc.num_processes, acc.process_index
+        micro_per_epoch = math.ceil(len(self.train_data) / (cfg.batch_size * world))
+        steps_per_epoch = math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps)
+        total_steps = steps_per_epoch * cfg.num_epochs
+        if cfg.max_steps:
+            total_steps = min(total_steps, cfg.max_steps)
+        optimizer = make_optimizer(self.bridge, cfg.learning_rate, cfg.weight_decay)
+        scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+        model, optimizer = acc.prepare(self.bridge, optimizer)
+
+        state: dict[str, Any] = {
+            "epoch": 0,
+            "micro_in_epoch": 0,
+            "global_step": 0,
+            "best_key": None,
+            "best_metric": None,
+            "evaluations": [],
+        }
+        if checkpoint is not None:
+            state.update(load_trainer_state(acc, checkpoint, optimizer, scheduler))
+            self._info(
+                "Resuming SL from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["global_step"]
+            )
+            if state.get("num_processes", world) != world:
+                logger.warning(
+                    "Checkpoint written by %s processes, resumed with %d: the data order differs",
+                    state.get("num_processes"),
+                    world,
+                )
+
+        self._info(
+            "SL: %d train / %d dev records, %d optimizer steps (%d per epoch), %d process(es)",
+            len(self.train_data),
+            len(self.dev_data),
+            total_steps,
+            steps_per_epoch,
+            world,
+        )
+        bar = progress(total_steps, state["global_step"], acc.is_main_process, "SL")
+        model.train()
+        window: list[float] = []
+        stop = state["global_step"] >= total_steps
+
+        def checkpoint_now(epoch: int, micro: int) -> None:
+            state.update(epoch=epoch, micro_in_epoch=micro, num_processes=world, seed=cfg.seed)
+            save_checkpoint(acc, acc.unwrap_model(model), out, state, optimizer, scheduler)
+
+        while not stop and state["epoch"] < cfg.num_epochs:
+            epoch = state["epoch"]
+            order = epoch_order(len(self.train_data), cfg.seed, epoch)
+            batches = list(global_batches(order, cfg.batch_size, world, rank))
+            accum = cfg.gradient_accumulation_steps
+            for start in range(state["micro_in_epoch"], len(batches), accum):
+                group = batches[start : start + accum]
+                for j, idx in enumerate(group):
+                    sync = j == len(group) - 1
+                    with contextlib.nullcontext() if sync else acc.no_sync(model):
+                        loss = self._loss(model, [self.train_data[i] for i in idx])
+                        acc.backward(loss / len(group))
+                    window.append(float(loss.detach()))
+                grad_norm = (
+                    acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+                )
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["global_step"] += 1
+                step = state["global_step"]
+                bar.update(1)
+                record: dict[str, Any] = {
+                    "stage": "sl",
+                    "step": step,
+                    "epoch": epoch + (start + len(group)) / len(batches),
+                    "loss": window[-1],
+                    "lr": scheduler.get_last_lr()[0],
+                }
+                if grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                if step % cfg.logging_steps == 0 or step == total_steps:
+                    mean_loss = acc.reduce(torch.tensor(sum(window) / len(window), device=acc.device), "mean")
+                    record["loss"] = float(mean_loss)
+                    window.clear()
+                    log.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                    self._info("SL step %d: loss %.4f lr %.2e", step, record["loss"], record["lr"])
+                for cb in self.callbacks:
+                    cb(record)
+                micro_done = start + len(group)
+                if step >= total_steps:
+                    stop = micro_done < len(batches)  # mid-epoch stop: no epoch-end evaluation
+                    if stop:
+                        checkpoint_now(epoch, micro_done)
+                        break
+                if cfg.save_steps and step % cfg.save_steps == 0 and micro_done < len(batches):
+                    checkpoint_now(epoch, micro_done)
+            if stop:
+                break
+            self._end_epoch(epoch, state, log)
+            checkpoint_now(epoch + 1, 0)
+            stop = state["global_step"] >= total_steps
+        bar.close()
+
+        if acc.is_main_process:
+            save_bridge_atomically(acc.unwrap_model(model), out / FINAL_DIR)
+        acc.wait_for_everyone()
+        return SLResult(
+            global_step=state["global_step"],
+            epochs_completed=state["epoch"],
+            best_metric=state["best_metric"],
+            output_dir=out,
+            evaluations=list(state["evaluations"]),
+        )
+
+    def _end_epoch(self, epoch: int, state: dict[str, Any], log: JsonlLog) -> None:
+        if not self.dev_data:
+            return
+        metrics = self.evaluate()
+        record = {
+            "stage": "sl",
+            "event": "eval",
+            "epoch": epoch + 1,
+            "step": state["global_step"],
+            **{f"dev_{k}": v for k, v in metrics.items()},
+        }
+        log.write(record)
+        state["evaluations"].append(
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+        )
+        self._info("SL epoch %d dev: %s", epoch + 1, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        key = self._selection_key(metrics)
+        if state["best_key"] is None or tuple(key) > tuple(state["best_key"]):
+            state["best_key"] = list(key)
+            state["best_metric"] = key[0] if math.isfinite(key[0]) else None
+            if self.accelerator.is_main_process:
+                save_bridge_atomically(self.accelerator.unwrap_model(self.bridge), self.output_dir / BEST_DIR)
+            self.accelerator.wait_for_everyone()
