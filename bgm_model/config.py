@@ -44,6 +44,12 @@ class BridgeConfig:
     id_token_format: str = field(
         default="[P{}]", metadata={"help": "Text of the special token that names passage i."}
     )
+    pointer_scoring: bool = field(
+        default=True,
+        metadata={"help": "Add a content term to each ID's logit: the decoder state dotted with the encoder "
+                  "state of that passage's ID token (no extra parameters). Makes 'pick the passage that "
+                  "matches' learnable from few examples; needs equal encoder and decoder hidden sizes."},
+    )
     encoder_batch_size: int = field(
         default=64, metadata={"help": "Encoder rows (query+passage pairs) per forward pass."}
     )

@@ -45,6 +45,10 @@ class _Encoded:
     hidden: torch.Tensor  # (B, S, H)
     mask: torch.Tensor  # (B, S)
     n_passages: torch.Tensor  # (B,)
+    id_states: torch.Tensor  # (B, N, H): encoder state of each passage's ID token (zeros past n_passages)
+
+    def repeat(self, times: int) -> _Encoded:
+        return _Encoded(*(t.repeat_interleave(times, 0) for t in (self.hidden, self.mask, self.n_passages, self.id_states)))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -105,6 +109,8 @@ class BridgeModel(nn.Module):
             tok.add_tokens(missing, special_tokens=True)
             self._resize_embeddings(len(tok))
         ids = tok.convert_tokens_to_ids(cfg.id_tokens)
+        if missing:
+            self._tie_new_id_embeddings(tok.convert_tokens_to_ids(missing))
 
         mcfg = self.model.config
         start = mcfg.decoder_start_token_id
@@ -129,12 +135,29 @@ class BridgeModel(nn.Module):
         self._start_token_id = int(start)
         self._id_token_pattern = re.compile(re.escape(cfg.id_token_format).replace(r"\{\}", r"\d+"))
 
+        if cfg.pointer_scoring:
+            enc_h = self._hidden_size(self.model.get_encoder())
+            dec_h = self._hidden_size(self.model.get_decoder())
+            if enc_h != dec_h:
+                raise ValueError(
+                    f"pointer_scoring needs equal encoder and decoder hidden sizes, got {enc_h} and {dec_h}; "
+                    "set BridgeConfig(pointer_scoring=False)"
+                )
         max_pos = getattr(getattr(self.model.get_encoder(), "config", mcfg), "max_position_embeddings", None)
         if max_pos is not None and self._row_length > max_pos:
             raise ValueError(
                 f"max_query_tokens + max_passage_tokens (+ specials) = {self._row_length} exceeds the encoder's "
                 f"max_position_embeddings ({max_pos}); lower them in BridgeConfig."
             )
+
+    def _tie_new_id_embeddings(self, new_ids: list[int]) -> None:
+        # Separate encoder and decoder vocabularies (BERT2BERT) get independent random rows for new tokens;
+        # start the decoder's [Pi] where the encoder's is, so "this row" and "emit its ID" begin aligned.
+        enc_emb = self.model.get_encoder().get_input_embeddings()
+        dec_emb = self.model.get_decoder().get_input_embeddings()
+        if enc_emb is not dec_emb and enc_emb.weight.shape[1] == dec_emb.weight.shape[1]:
+            with torch.no_grad():
+                dec_emb.weight[new_ids] = enc_emb.weight[new_ids]
 
     def _resize_embeddings(self, size: int) -> None:
         try:
@@ -145,6 +168,14 @@ class BridgeModel(nn.Module):
             self.model.decoder.resize_token_embeddings(size)
             self.model.config.decoder.vocab_size = size
             self.model.config.encoder.vocab_size = size
+
+    @staticmethod
+    def _hidden_size(module: Any) -> int | None:
+        config = module.config
+        for name in ("hidden_size", "d_model"):
+            if getattr(config, name, None) is not None:
+                return int(getattr(config, name))
+        return None
 
     @property
     def device(self) -> torch.device:
@@ -289,7 +320,8 @@ class BridgeModel(nn.Module):
         if not firsts:  # every query has zero passages: nothing to encode, only "end" is possible
             hidden_size = self.model.config.get_text_config().hidden_size if hasattr(self.model.config, "get_text_config") else 1
             hidden = torch.zeros(len(queries), 1, hidden_size, device=self.device)
-            return _Encoded(hidden, torch.ones(len(queries), 1, dtype=torch.long, device=self.device), n_passages)
+            mask = torch.ones(len(queries), 1, dtype=torch.long, device=self.device)
+            return _Encoded(hidden, mask, n_passages, hidden.new_zeros(len(queries), 1, hidden_size))
 
         rows = self.tokenizer(
             firsts, seconds, truncation="longest_first", max_length=self._row_length,
@@ -303,12 +335,20 @@ class BridgeModel(nn.Module):
                 for i in range(0, len(firsts), step)
             ]
         )
+        # The encoder state of each row's ID token: what the pointer term compares the decoder state with.
+        passage_index = torch.tensor([i for ps in passage_lists for i in range(len(ps))], device=self.device)
+        is_id = rows["input_ids"] == self._action_token_ids[passage_index].unsqueeze(1)
+        if not bool(is_id.any(1).all()):
+            raise BridgeError("An encoder row lost its passage-ID token (truncation); lower max_query_tokens.")
+        id_vectors = states[torch.arange(len(firsts), device=self.device), is_id.float().argmax(1)]
+        id_states = states.new_zeros(len(queries), max(1, int(n_passages.max())), states.shape[-1])
         # Pack each query's rows without their padding: the decoder attends over real tokens only.
         row_mask = rows["attention_mask"].bool()
         packed: list[torch.Tensor] = []
         start = 0
-        for n in n_passages.tolist():
+        for b, n in enumerate(n_passages.tolist()):
             packed.append(states[start : start + n][row_mask[start : start + n]])
+            id_states[b, :n] = id_vectors[start : start + n]
             start += n
         length = max(1, max(p.shape[0] for p in packed))
         hidden = states.new_zeros(len(packed), length, states.shape[-1])
@@ -316,20 +356,36 @@ class BridgeModel(nn.Module):
         for b, p in enumerate(packed):
             hidden[b, : p.shape[0]] = p
             mask[b, : max(1, p.shape[0])] = 1  # a query without passages attends to one zero vector
-        return _Encoded(hidden, mask, n_passages)
+        return _Encoded(hidden, mask, n_passages, id_states)
 
     # ------------------------------------------------------------------ the constrained distribution
-    def _action_log_probs(
-        self, logits: torch.Tensor, counts: torch.Tensor, n_passages: torch.Tensor, forced_end: torch.Tensor
-    ) -> torch.Tensor:
-        """Log-probabilities over the K+1 actions (passage IDs, then end) with invalid actions masked.
+    def _action_logits(self, out: Any, enc: _Encoded, *, last_only: bool) -> torch.Tensor:
+        """Logits of the K+1 actions (passage IDs, then end), shape (B, T, K+1) or (B, K+1) if last_only.
 
-        logits (..., V); counts (..., K) times each ID was already emitted; n_passages broadcastable to
-        (...); forced_end (...) bool, True where the length cap forces the end.
+        The LM head's logit of each ID token, plus (``pointer_scoring``) the scaled dot product of the
+        decoder state with the encoder state of that passage's ID token.
+        """
+        logits = out.logits[:, -1] if last_only else out.logits
+        action = logits.index_select(-1, self._action_token_ids).float()
+        if self.config.pointer_scoring:
+            state = out.decoder_hidden_states[-1]
+            state = state[:, -1] if last_only else state
+            pointer = torch.einsum("b...h,bnh->b...n", state.float(), enc.id_states.float())
+            pointer = pointer / enc.id_states.shape[-1] ** 0.5
+            n = pointer.shape[-1]
+            action = torch.cat([action[..., :n] + pointer, action[..., n:]], dim=-1)
+        return action
+
+    def _action_log_probs(
+        self, action_logits: torch.Tensor, counts: torch.Tensor, n_passages: torch.Tensor, forced_end: torch.Tensor
+    ) -> torch.Tensor:
+        """Log-probabilities over the K+1 actions with invalid actions masked.
+
+        action_logits (..., K+1); counts (..., K) times each ID was already emitted; n_passages
+        broadcastable to (...); forced_end (...) bool, True where the length cap forces the end.
         """
         k = self.config.max_passages
-        action_logits = logits.index_select(-1, self._action_token_ids).float()
-        ids = torch.arange(k, device=logits.device)
+        ids = torch.arange(k, device=action_logits.device)
         allowed = (ids < n_passages.unsqueeze(-1)) & (counts < self.config.max_repeats) & ~forced_end.unsqueeze(-1)
         allowed = torch.cat([allowed, torch.ones_like(allowed[..., :1])], dim=-1)
         return torch.log_softmax(action_logits.masked_fill(~allowed, float("-inf")), dim=-1)
@@ -342,6 +398,7 @@ class BridgeModel(nn.Module):
             attention_mask=enc.mask,
             decoder_input_ids=decoder_input_ids,
             use_cache=cache is not None or decoder_input_ids.shape[1] == 1,
+            output_hidden_states=self.config.pointer_scoring,
             **({self._cache_kwarg: cache} if cache is not None else {}),
         )
 
@@ -358,7 +415,7 @@ class BridgeModel(nn.Module):
             out = self._decoder_logits(enc, decoder_input, cache)
             cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
             forced = torch.full((batch,), step == max_len, device=self.device)
-            lp = self._action_log_probs(out.logits[:, -1], counts, enc.n_passages, forced)
+            lp = self._action_log_probs(self._action_logits(out, enc, last_only=True), counts, enc.n_passages, forced)
             if do_sample:
                 probs = torch.softmax(lp / temperature, dim=-1)
                 action = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
@@ -470,11 +527,7 @@ class BridgeModel(nn.Module):
                     with torch.inference_mode():
                         enc = self._encode([queries[i] for i in chunk], [checked[i] for i in chunk])
                         if num_samples > 1:
-                            enc = _Encoded(
-                                enc.hidden.repeat_interleave(num_samples, 0),
-                                enc.mask.repeat_interleave(num_samples, 0),
-                                enc.n_passages.repeat_interleave(num_samples, 0),
-                            )
+                            enc = enc.repeat(num_samples)
                         outs = self._generate(enc, do_sample=do_sample, temperature=temperature, generator=generator)
                 except Exception:
                     if on_error == "raise":
@@ -541,7 +594,7 @@ class BridgeModel(nn.Module):
             mask[b, : min(len(ids) + 1, steps)] = True
         start = torch.full((len(queries), 1), self._start_token_id, dtype=torch.long, device=self.device)
         decoder_input = torch.cat([start, self._action_token_ids[actions[:, :-1]]], dim=1)
-        logits = self._decoder_logits(enc, decoder_input).logits
+        logits = self._action_logits(self._decoder_logits(enc, decoder_input), enc, last_only=False)
 
         emitted = nn.functional.one_hot(actions.clamp(max=k - 1), k) * (actions < k).unsqueeze(-1)
         counts = torch.cumsum(emitted, dim=1) - emitted  # counts *before* each step
