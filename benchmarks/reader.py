@@ -1,15 +1,18 @@
-"""Reader cost benchmark: naive full-prompt calls vs KV prefix reuse, on the same prompts, in one run.
+"""Reader cost benchmark, in one run on the same prompts: naive full-prompt calls (one at a time) vs KV
+prefix reuse (calls one at a time) vs prefix reuse + batched greedy decoding (the default reader).
 
 Workloads (nq_open training questions; candidates = the gold passage plus seeded random corpus passages,
 shuffled; which passages they are does not change what a call costs):
-  (a) greedy silver-sequence search: each step scores the gold answer after selected + [candidate] for every
-      remaining candidate (one ``score_batch`` per step) and keeps the best, until no candidate improves;
+  (a) silver-sequence synthesis with ``bgm_model.training.silver.synthesize_one`` (EM reward, gold-answer
+      log-likelihood as the tie-breaker, default ``SilverConfig`` except ``max_length=--max-steps``): each
+      step sends one ``answer_batch`` and one ``score_batch`` for all extensions;
   (b) RL: ``samples`` sampled passage sequences per question, one ``answer_batch`` for all;
   (c) evaluation: 5 methods per question (no passages, top-1, top-3, top-3 reversed, all candidates), one
       ``answer_batch`` for all questions and methods.
 
-Run:  python benchmarks/reader.py [--questions 4 --candidates 6 --samples 4 --threads 1]
-Writes benchmarks/results/reader.json and prints a table (wall time, new tokens, ratio to naive).
+Run:  python benchmarks/reader.py [--questions 4 --candidates 6 --samples 4 --threads 1 --decode-batch 16]
+Full size of the issue: --questions 20 --candidates 10. Writes benchmarks/results/reader.json and prints a
+table (wall time, new tokens, ratios to naive, whether results are identical to naive).
 """
 
 from __future__ import annotations
@@ -60,19 +63,16 @@ def load_questions(n: int, n_candidates: int, seed: int) -> list[dict[str, Any]]
 
 
 def silver_search(reader: HFReader, q: dict[str, Any], max_steps: int) -> list[int]:
-    selected: list[int] = []
-    best = reader.score_batch([q["question"]], [[]], [q["answers"][0]])[0]
-    for _ in range(max_steps):
-        remaining = [i for i in range(len(q["candidates"])) if i not in selected]
-        if not remaining:
-            break
-        lists = [[q["candidates"][j] for j in selected + [i]] for i in remaining]
-        scores = reader.score_batch([q["question"]] * len(lists), lists, [q["answers"][0]] * len(lists))
-        top = max(range(len(scores)), key=scores.__getitem__)
-        if scores[top] <= best:
-            break
-        best, selected = scores[top], selected + [remaining[top]]
-    return selected
+    from bgm_model.data import QAExample
+    from bgm_model.training.silver import SilverConfig, synthesize_one
+
+    example = QAExample(
+        id=str(q.get("id", q["question"])),
+        question=q["question"],
+        answers=q["answers"],
+        passages=q["candidates"],
+    )
+    return synthesize_one(example, reader, reward="em", config=SilverConfig(max_length=max_steps)).ids
 
 
 def run(
@@ -105,6 +105,7 @@ def run(
     return {
         "wall_s": round(wall, 2),
         "calls": s.computed,
+        "generated_tokens": s.generated_tokens,
         "prompt_tokens": s.prompt_tokens,
         "new_tokens": s.new_tokens,
         "reused_tokens": s.reused_tokens,
@@ -124,57 +125,88 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--decode-batch", type=int, default=16, help="decode_batch_size of the batched reader"
+    )
+    parser.add_argument("--workloads", default="sps,rl,eval", help="comma-separated subset of sps,rl,eval")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reader.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
 
     questions = load_questions(args.questions, args.candidates, args.seed)
-    reuse = load_smollm2_reader(cache=False, device="cpu")
-    naive = HFReader(
-        reuse.model,
-        reuse.tokenizer,
-        name="naive",
-        cache=False,
-        prefix_reuse=False,
-        max_new_tokens=reuse.max_new_tokens,
-    )
+    batched = load_smollm2_reader(cache=False, device="cpu", decode_batch_size=args.decode_batch)
+    readers = {
+        "naive": HFReader(
+            batched.model,
+            batched.tokenizer,
+            name="naive",
+            cache=False,
+            prefix_reuse=False,
+            decode_batch_size=1,
+            max_new_tokens=batched.max_new_tokens,
+        ),
+        "reuse": HFReader(
+            batched.model,
+            batched.tokenizer,
+            name="reuse",
+            cache=False,
+            decode_batch_size=1,
+            max_new_tokens=batched.max_new_tokens,
+        ),
+        "batched": batched,
+    }
     rows = []
-    for workload in ("sps", "rl", "eval"):
-        logger.info("workload %s: naive", workload)
-        a = run(naive, workload, questions, args)
-        logger.info("workload %s: prefix reuse", workload)
-        b = run(reuse, workload, questions, args)
-        rows.append(
-            {
-                "workload": workload,
-                "naive": a,
-                "prefix_reuse": b,
-                "same_results": a["result"] == b["result"],
-                "speedup": round(a["wall_s"] / max(b["wall_s"], 1e-9), 2),
-                "new_token_ratio": round(a["new_tokens"] / max(b["new_tokens"], 1), 2),
-            }
-        )
+    for workload in args.workloads.split(","):
+        row: dict[str, Any] = {"workload": workload}
+        for label, reader in readers.items():
+            logger.info("workload %s: %s", workload, label)
+            row[label] = run(reader, workload, questions, args)
+            logger.info("  %s s, %s new tokens", row[label]["wall_s"], row[label]["new_tokens"])
+        base = row["naive"]
+        for label in ("reuse", "batched"):
+            r = row[label]
+            r["same_results"] = r["result"] == base["result"]
+            r["agreement"] = round(
+                sum(x == y for x, y in zip(r["result"], base["result"], strict=True)) / len(base["result"]), 4
+            )
+            r["speedup"] = round(base["wall_s"] / max(r["wall_s"], 1e-9), 2)
+            r["new_token_ratio"] = round(base["new_tokens"] / max(r["new_tokens"], 1), 2)
+        rows.append(row)
+        write_report(args, batched.name, rows)  # after each workload, so a cut-off run keeps what it did
 
-    header = "| workload | naive s | reuse s | speedup | naive new tok | reuse new tok | token ratio | same results |"
-    lines = [header, "|" + "---|" * 8]
+    header = (
+        "| workload | naive s | reuse s | reuse+batched s | speedup reuse | speedup reuse+batched | "
+        "naive new tok | reuse new tok | reuse+batched new tok | same results |"
+    )
+    lines = [header, "|" + "---|" * 10]
     for r in rows:
+        n, a, b = r["naive"], r["reuse"], r["batched"]
+        same = (
+            "yes"
+            if a["same_results"] and b["same_results"]
+            else f"{a['agreement']:.0%} / {b['agreement']:.0%}"
+        )
         lines.append(
-            f"| {r['workload']} | {r['naive']['wall_s']} | {r['prefix_reuse']['wall_s']} | {r['speedup']}x | "
-            f"{r['naive']['new_tokens']} | {r['prefix_reuse']['new_tokens']} | {r['new_token_ratio']}x | "
-            f"{r['same_results']} |"
+            f"| {r['workload']} | {n['wall_s']} | {a['wall_s']} | {b['wall_s']} | {a['speedup']}x | "
+            f"{b['speedup']}x | {n['new_tokens']} | {a['new_tokens']} ({a['new_token_ratio']}x) | "
+            f"{b['new_tokens']} ({b['new_token_ratio']}x) | {same} |"
         )
     sys.stdout.write("\n".join(lines) + "\n")
+    write_report(args, batched.name, rows)
+    return 0
+
+
+def write_report(args: argparse.Namespace, reader_name: str, rows: list[dict[str, Any]]) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "reader": reuse.name,
+        "reader": reader_name,
         "torch_threads": torch.get_num_threads(),
         "rows": rows,
     }
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     logger.info("wrote %s", args.out)
-    return 0
 
 
 if __name__ == "__main__":

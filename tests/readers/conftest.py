@@ -33,6 +33,9 @@ def smollm2_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model(smollm2_tokenizer):
     import torch
+
+    # The tiny model's ops are too small to split; on a shared 2-core box two threads only fight.
+    torch.set_num_threads(1)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(

