@@ -29,7 +29,7 @@ import importlib.util
 import inspect
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from bgm_model.readers.base import CacheSpec, PromptTemplate, Reader, _check_inputs
+from bgm_model.readers.cache import call_key
 
 logger = logging.getLogger(__name__)
 
@@ -365,6 +366,31 @@ class HFReader(Reader):
         return [sum(lp) / len(lp) for lp in self.answer_token_logprobs(questions, passage_lists, answers)]
 
     @torch.inference_mode()
+    def answer_messages(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """Greedy answer to chat ``messages`` (``{"role", "content"}`` dicts), through the call cache.
+
+        A chain that sends this reader's own prompt (``template.messages(question, passages)``) gets the
+        same prompt text, hence the same cache entry, as ``answer(question, passages)``: a LangChain chain
+        backed by this reader and the training code share their answers.
+        """
+        turns = [dict(m) for m in messages]
+        if not turns or any(set(m) != {"role", "content"} for m in turns):
+            raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
+        if self.use_chat_template:
+            if self._system_in_user and turns[0]["role"] == "system" and len(turns) > 1:
+                turns = [{"role": "user", "content": f"{turns[0]['content']}\n\n{turns[1]['content']}"}, *turns[2:]]
+            text = str(self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
+        else:  # the plain template renders system and user text separated by a blank line
+            text = "\n\n".join(m["content"] for m in turns)
+
+        def compute(idx: list[int]) -> list[Any]:
+            ids = list(self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"])
+            self._check_length(len(ids) + self.max_new_tokens, "prompt plus max_new_tokens")
+            with self._lock:
+                return self._clean([self._greedy(ids)], 1)
+
+        return str(self._through_cache([call_key(self.name, "answer", text)], compute)[0])
+
     def _answer_uncached(self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> list[str]:
         prompts = [self.encode_prompt(q, ps) for q, ps in zip(questions, passage_lists, strict=True)]
         for p in prompts:
