@@ -358,6 +358,16 @@ class BridgeModel(nn.Module):
             mask[b, : max(1, p.shape[0])] = 1  # a query without passages attends to one zero vector
         return _Encoded(hidden, mask, n_passages, id_states)
 
+    def _encode_unique(self, queries: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> _Encoded:
+        """Encode each distinct (query, passages) once: RL scores several sampled sequences per query."""
+        first: dict[tuple[str, tuple[str, ...]], int] = {}
+        index = [first.setdefault((q, tuple(ps)), len(first)) for q, ps in zip(queries, passage_lists)]
+        if len(first) == len(index):
+            return self._encode(queries, passage_lists)
+        unique = self._encode([q for q, _ in first], [list(ps) for _, ps in first])
+        rows = torch.tensor(index, device=self.device)
+        return _Encoded(*(t.index_select(0, rows) for t in (unique.hidden, unique.mask, unique.n_passages, unique.id_states)))
+
     # ------------------------------------------------------------------ the constrained distribution
     def _action_logits(self, out: Any, enc: _Encoded, *, last_only: bool) -> torch.Tensor:
         """Logits of the K+1 actions (passage IDs, then end), shape (B, T, K+1) or (B, K+1) if last_only.
@@ -584,7 +594,7 @@ class BridgeModel(nn.Module):
             if ids and max(list(ids).count(i) for i in set(ids)) > cfg.max_repeats:
                 raise ValueError(f"target {b} repeats a passage more than max_repeats={cfg.max_repeats} times")
 
-        enc = self._encode(queries, checked)
+        enc = self._encode_unique(queries, checked)
         steps = max(len(s) for s in id_sequences) + 1
         actions = torch.full((len(queries), steps), k, dtype=torch.long, device=self.device)
         mask = torch.zeros(len(queries), steps, dtype=torch.bool, device=self.device)

@@ -233,3 +233,19 @@ def test_config_validation_and_forward_compatibility(caplog) -> None:
     with caplog.at_level(logging.WARNING):
         cfg = BridgeConfig.from_dict({"max_passages": 5, "future_field": 1, "version": "9.9"})
     assert cfg.max_passages == 5 and "future_field" in caplog.text
+
+
+def test_repeated_queries_are_encoded_once_with_identical_log_probs(tiny_bridge: BridgeModel, monkeypatch) -> None:
+    targets = [[0], [1, 1], [], [2, 0]]
+    expected = torch.cat([tiny_bridge.sequence_log_probs(["q"], [PASSAGES], [t]) for t in targets])
+    rows: list[int] = []
+    original = tiny_bridge._encode
+
+    def counting(queries, passage_lists):
+        rows.append(sum(len(p) for p in passage_lists))
+        return original(queries, passage_lists)
+
+    monkeypatch.setattr(tiny_bridge, "_encode", counting)
+    batched = tiny_bridge.sequence_log_probs(["q"] * 4, [PASSAGES] * 4, targets)
+    assert rows == [len(PASSAGES)]  # one query's passages encoded once, not four times
+    assert torch.allclose(batched, expected, atol=1e-5)

@@ -38,7 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bgm_model import BridgeModel
-    from bgm_model.arrangements import baseline_arrangements, bridge_arrangement, no_retrieval, retriever_order
+    from bgm_model.arrangements import (
+        baseline_arrangements,
+        bridge_arrangement,
+        no_retrieval,
+        retriever_order,
+    )
     from bgm_model.data import load_examples
     from bgm_model.evaluation import evaluate
 

@@ -138,6 +138,15 @@ class ToyReader(Reader):
             return last
         return last.split()[0]
 
+    def answer_messages(self, messages: Sequence[dict[str, str]]) -> str:
+        """Answer chat messages built with this reader's template (question and passages read back from the
+        user turn), so the toy also drives a LangChain chain through ``ReaderChatModel``."""
+        user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        match = re.search(r"Question: (.*)", user)
+        question = match.group(1) if match else ""
+        passages = re.findall(r"^Passage \d+: (.*)$", user, flags=re.M)
+        return self.answer(question, passages)
+
     def _answer_uncached(self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> list[str]:
         self.answer_calls += 1
         self.answer_prompts += len(questions)
