@@ -133,7 +133,13 @@ def build_rag_chain(retriever: Any, chat_model: Any, template: Any) -> Any:
 
 def demo_arrangements() -> list[Any]:
     """The fixed baselines the demo compares with (``bgm evaluate`` runs the full set)."""
-    from bgm_model.arrangements import long_context_reorder, no_retrieval, retriever_order, reversed_order, top_k
+    from bgm_model.arrangements import (
+        long_context_reorder,
+        no_retrieval,
+        retriever_order,
+        reversed_order,
+        top_k,
+    )
 
     return [no_retrieval(), retriever_order(), reversed_order(), long_context_reorder(), top_k(1),
             top_k(1, repeat_top=True), top_k(3, reverse=True), top_k(3, reverse=True, repeat_top=True)]

