@@ -501,7 +501,10 @@ def synthesize_to_file(
     todo = len(examples) - stats.skipped_done - stats.skipped_no_answers
 
     def counted() -> Iterator[SilverSequence]:
-        for rec in synthesize(examples, reader, reward=reward, config=config, skip_ids=done):
+        from tqdm.auto import tqdm
+
+        records = synthesize(examples, reader, reward=reward, config=config, skip_ids=done)
+        for rec in tqdm(records, total=todo, desc="silver sequences", unit="q"):
             stats.written += 1
             stats.reader_calls += rec.reader_calls
             stats.reader_batches += rec.reader_batches
