@@ -93,7 +93,7 @@ def embedding_rerank(embedder: Any, k: int) -> Arrangement:
     """Rerank by cosine similarity of question and passage embeddings (e.g. MiniLM), keep the top ``k``."""
 
     def arrange(examples: Sequence[QAExample]) -> list[list[int]]:
-        out = []
+        out: list[list[int]] = []
         for ex in examples:
             if not ex.passages:
                 out.append([])

@@ -78,6 +78,8 @@ class BridgeModel(nn.Module):
     (any T5/BART-style checkpoint). Use it with :meth:`bridge` / :meth:`bridge_batch`.
     """
 
+    _action_token_ids: torch.Tensor  # buffer: token ids of the K passage IDs, then the end token
+
     def __init__(
         self,
         model: Any,
@@ -353,9 +355,9 @@ class BridgeModel(nn.Module):
         length = max(1, max(p.shape[0] for p in packed))
         hidden = states.new_zeros(len(packed), length, states.shape[-1])
         mask = torch.zeros(len(packed), length, dtype=torch.long, device=self.device)
-        for b, p in enumerate(packed):
-            hidden[b, : p.shape[0]] = p
-            mask[b, : max(1, p.shape[0])] = 1  # a query without passages attends to one zero vector
+        for b, tokens in enumerate(packed):
+            hidden[b, : tokens.shape[0]] = tokens
+            mask[b, : max(1, tokens.shape[0])] = 1  # a query without passages attends to one zero vector
         return _Encoded(hidden, mask, n_passages, id_states)
 
     def _encode_unique(self, queries: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> _Encoded:

@@ -223,6 +223,8 @@ class BGMTraceHandler:
 
     def _on_event(self, event: BaseEvent) -> None:
         span_id = event.span_id
+        if span_id is None:  # an event outside any span
+            return
         run = self._collector.get(span_id)
         if run is None:  # an event outside any span we saw (e.g. before attach)
             return

@@ -231,7 +231,7 @@ class HFReader(Reader):
             ) from e
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers types .to() through a decorator
         if name is None:
             name = f"hf:{name_or_path}" + (f"#{gguf_file}" if gguf_file else "")
         return cls(model, tokenizer, name=name, max_new_tokens=max_new_tokens, **reader_kwargs)
