@@ -28,7 +28,7 @@ class DemoConfig:
 
     dataset: str = field(default="nq_open", metadata={"help": "bundled dataset: nq_open (retrieval) or hotpotqa (fixed candidates)"})
     train_questions: int = field(default=24, metadata={"help": "training questions answered by the chain and used for SPS/SL/RL"})
-    dev_questions: int = field(default=24, metadata={"help": "dev questions for the final evaluation"})
+    dev_questions: int = field(default=20, metadata={"help": "dev questions for the final evaluation"})
     top_k: int = field(default=10, metadata={"help": "passages the retriever returns per question"})
     output_dir: str = field(default="bgm_output", metadata={"help": "where traces, silver sequences, checkpoints, report and plots go"})
     reader_cache: str | None = field(default=None, metadata={"help": "reader call cache directory (default: $BGM_CACHE_DIR or ~/.cache/bgm-bridge/reader)"})
@@ -210,7 +210,9 @@ def run_demo(cfg: DemoConfig, *, reader: Any = None) -> DemoResult:
 
     _stage("3/5 supervised training on the silver sequences")
     t = time.perf_counter()
-    bridge_config = BridgeConfig(max_passages=max(16, cfg.top_k), max_output_length=max(4, cfg.silver_max_length + 1))
+    # 96 passage tokens per row cover most of a ~100-word passage and keep CPU training within the budget.
+    bridge_config = BridgeConfig(max_passages=max(16, cfg.top_k), max_passage_tokens=96,
+                                 max_output_length=max(4, cfg.silver_max_length + 1))
     bridge = BridgeModel.from_encoder(config=bridge_config)
     sl = SLTrainer(
         bridge,
@@ -252,7 +254,7 @@ def run_demo(cfg: DemoConfig, *, reader: Any = None) -> DemoResult:
     methods.append(bridge_arrangement(BridgeModel.from_pretrained(sl_dir), name="BGM SL"))
     if rl_dir != sl_dir:
         methods.append(bridge_arrangement(BridgeModel.from_pretrained(rl_dir), name="BGM SL+RL"))
-    report = evaluate(dev_examples, reader, methods)
+    report = evaluate(dev_examples, reader, methods, batch_size=4)  # small batches: a progress bar that moves
     seconds["evaluation"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     table = report.table(ci_metric="contains")
