@@ -139,6 +139,7 @@ def main() -> None:
                 "ratio_full_vs_ce": full["median_s"] / ce["median_s"],
             }
             rows.append(row)
+            _write(args.out, rows, {}, args.bridge)  # partial results survive an interrupted run
             print(f"batch {batch:>2} passages {n:>2}: cross-encoder {ce['median_s']:.3f}s, bridge {own['median_s']:.3f}s "
                   f"({row['ratio_bridge_vs_ce']:.2f}x), bridge 10 IDs {full['median_s']:.3f}s ({row['ratio_full_vs_ce']:.2f}x)",
                   flush=True)
@@ -165,15 +166,19 @@ def main() -> None:
         print(f"batch {batch}: 50 vs 10 passages: bridge {s['bridge_50_vs_10']:.2f}x, bridge 10 IDs "
               f"{s['bridge_full_50_vs_10']:.2f}x, cross-encoder {s['cross_encoder_50_vs_10']:.2f}x")
 
+    _write(args.out, rows, scaling, args.bridge)
+    print(f"\nwrote {args.out}")
+
+
+def _write(out: str, rows: list[dict], scaling: dict, bridge: str | None) -> None:
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__},
-        "bridge": args.bridge or "MiniLM warm start (untrained; 'bridge_full_length' forces 10 IDs)",
+        "bridge": bridge or "MiniLM warm start (untrained; 'bridge_full_length' forces 10 IDs)",
         "rows": rows, "scaling": scaling,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.out}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
