@@ -12,7 +12,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import ConfigDict
+from pydantic import ConfigDict, field_validator
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 
@@ -24,6 +24,15 @@ class ReaderChatModel(BaseChatModel):
 
     reader: Any
     """A reader with ``answer_messages(messages) -> str`` (``HFReader``)."""
+
+    @field_validator("reader")
+    @classmethod
+    def _has_answer_messages(cls, reader: Any) -> Any:
+        if not callable(getattr(reader, "answer_messages", None)):
+            raise TypeError(
+                f"ReaderChatModel needs a reader with answer_messages(messages), e.g. HFReader; got {type(reader).__name__}"
+            )
+        return reader
 
     @property
     def _llm_type(self) -> str:

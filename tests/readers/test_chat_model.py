@@ -32,3 +32,5 @@ def test_chat_model_computes_new_prompts_and_rejects_odd_messages(tiny_reader_fa
         model.invoke([HumanMessage(content=[{"type": "image_url", "image_url": {"url": "x"}}])])
     with pytest.raises(ValueError, match="non-empty"):
         reader.answer_messages([])
+    with pytest.raises((TypeError, ValueError), match="answer_messages"):
+        ReaderChatModel(reader=object())
