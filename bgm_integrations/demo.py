@@ -147,18 +147,13 @@ def demo_arrangements() -> list[Any]:
 
 def run_demo(cfg: DemoConfig, *, reader: Any = None) -> DemoResult:
     """Run the whole job; returns where everything was written."""
-    from bgm_model import BridgeConfig, BridgeModel
+    from bgm_model import BridgeModel
     from bgm_model.arrangements import bridge_arrangement
     from bgm_model.bundled import bundled_dataset
     from bgm_model.data import QAExample
     from bgm_model.evaluation import evaluate
-    from bgm_model.rewards import get_reward
     from bgm_model.traces import read_traces
-    from bgm_model.training.rl_config import RLConfig
-    from bgm_model.training.rl_trainer import RLTrainer
-    from bgm_model.training.silver import SilverConfig, read_silver, synthesize_to_file
-    from bgm_model.training.sl_config import SLConfig
-    from bgm_model.training.sl_trainer import SLTrainer
+    from bgm_model.training.pipeline import BridgeRecipe, train_bridge
 
     from .langchain import BGMTraceCallbackHandler
     from .langchain.chat_model import ReaderChatModel
@@ -167,7 +162,6 @@ def run_demo(cfg: DemoConfig, *, reader: Any = None) -> DemoResult:
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     seconds: dict[str, float] = {}
-    reward = get_reward(cfg.reward)
     t0 = time.perf_counter()
 
     _stage("1/5 answer the training questions with a LangChain RAG chain, recording traces")
@@ -196,51 +190,14 @@ def run_demo(cfg: DemoConfig, *, reader: Any = None) -> DemoResult:
     seconds["chain + traces"] = time.perf_counter() - t0
     logger.info("recorded %d traces -> %s", len(records), traces_path)
 
-    _stage("2/5 synthesise silver passage sequences from the traces")
-    t = time.perf_counter()
-    silver_path = out / "silver.jsonl"
-    stats = synthesize_to_file(
-        train_examples, reader, silver_path, reward=reward,
-        config=SilverConfig(max_length=cfg.silver_max_length, top_m=cfg.silver_top_m),
-    )
-    silver = read_silver(silver_path)
-    seconds["silver sequences"] = time.perf_counter() - t
-    logger.info("silver sequences: %d (reader calls %d, naive greedy would make %d)",
-                len(silver), stats.reader_calls, stats.naive_reader_calls)
-
-    _stage("3/5 supervised training on the silver sequences")
-    t = time.perf_counter()
-    # 96 passage tokens per row cover most of a ~100-word passage and keep CPU training within the budget.
-    bridge_config = BridgeConfig(max_passages=max(16, cfg.top_k), max_passage_tokens=96,
-                                 max_output_length=max(4, cfg.silver_max_length + 1))
-    bridge = BridgeModel.from_encoder(config=bridge_config)
-    sl = SLTrainer(
-        bridge,
-        SLConfig(output_dir=str(out / "sl"), num_epochs=cfg.sl_epochs, learning_rate=cfg.sl_learning_rate,
-                 batch_size=8, dev_fraction=0.0, resume=False, seed=cfg.seed),
-        train_data=silver,
-    )
-    sl.train()
-    sl_dir = out / "bridge_sl"
-    bridge.save_pretrained(sl_dir)
-    seconds["SL"] = time.perf_counter() - t
-
-    rl_dir = sl_dir
-    if cfg.rl_steps > 0:
-        _stage("4/5 reinforcement learning (PPO) against the frozen reader")
-        t = time.perf_counter()
-        rl = RLTrainer(
-            bridge,
-            RLConfig(output_dir=str(out / "rl"), max_steps=cfg.rl_steps, num_samples=cfg.rl_samples,
-                     batch_size=cfg.rl_batch_size, dev_fraction=0.0, resume=False, seed=cfg.seed),
-            train_data=train_examples, reader=reader, reward=reward,
-        )
-        rl.train()
-        rl_dir = out / "bridge"
-        bridge.save_pretrained(rl_dir)
-        seconds["RL"] = time.perf_counter() - t
-    else:
-        logger.info("RL skipped (rl_steps=0)")
+    _stage("2-4/5 silver passage sequences from the traces, then SL, then RL (PPO) against the frozen reader")
+    trained = train_bridge(train_examples, reader, out, BridgeRecipe(
+        reward=cfg.reward, silver_max_length=cfg.silver_max_length, silver_top_m=cfg.silver_top_m,
+        max_passages=max(16, cfg.top_k), sl_epochs=cfg.sl_epochs, sl_learning_rate=cfg.sl_learning_rate,
+        rl_steps=cfg.rl_steps, rl_samples=cfg.rl_samples, rl_batch_size=cfg.rl_batch_size, seed=cfg.seed,
+    ))
+    seconds.update(trained.seconds)
+    sl_dir, rl_dir = trained.sl_dir, trained.final_dir
 
     _stage("5/5 evaluate on the dev questions")
     t = time.perf_counter()

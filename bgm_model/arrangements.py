@@ -55,20 +55,57 @@ def reversed_order() -> Arrangement:
     return Arrangement("all, reversed", _per_example(lambda ex: list(range(len(ex.passages)))[::-1]))
 
 
-def top_k(k: int, *, reverse: bool = False, repeat_top: bool = False) -> Arrangement:
-    """The first ``k`` passages; ``reverse`` puts the best last; ``repeat_top`` shows the best one twice
-    (first and last; with ``reverse``, last twice)."""
+Ranker = Callable[[Sequence["QAExample"]], list[list[int]]]
+"""Maps a batch of examples to each example's passage indices, best first."""
+
+
+def _retriever_ranking(examples: Sequence[QAExample]) -> list[list[int]]:
+    return [list(range(len(ex.passages))) for ex in examples]
+
+
+def top_k(
+    k: int,
+    *,
+    reverse: bool = False,
+    repeat_top: bool = False,
+    ranker: Ranker | None = None,
+    label: str | None = None,
+) -> Arrangement:
+    """The first ``k`` passages of a ranking (default: retriever order); ``reverse`` puts the best last;
+    ``repeat_top`` shows the best one twice (first and last; with ``reverse``, last twice).
+
+    ``ranker``/``label`` turn it into a reranker baseline, e.g. ``label="cross-encoder"`` gives
+    "cross-encoder, top-3, reversed".
+    """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    rank = ranker or _retriever_ranking
 
-    def arrange(ex: QAExample) -> list[int]:
-        ids = list(range(min(k, len(ex.passages))))
-        if repeat_top and ids:
-            ids = [*ids, 0] if not reverse else [0, *ids]
-        return ids[::-1] if reverse else ids
+    def arrange(examples: Sequence[QAExample]) -> list[list[int]]:
+        out = []
+        for order in rank(examples):
+            ids = list(order[:k])
+            if repeat_top and ids:
+                ids = [*ids, ids[0]] if not reverse else [ids[0], *ids]
+            out.append(ids[::-1] if reverse else ids)
+        return out
 
-    name = f"top-{k}" + (", reversed" if reverse else "") + (", top repeated" if repeat_top else "")
-    return Arrangement(name, _per_example(arrange))
+    name = (f"{label}, " if label else "") + f"top-{k}" + (", reversed" if reverse else "")
+    name += ", top repeated" if repeat_top else ""
+    return Arrangement(name, arrange)
+
+
+def top_k_variants(
+    ks: Sequence[int], *, ranker: Ranker | None = None, label: str | None = None
+) -> list[Arrangement]:
+    """Every top-k heuristic for ``k`` in ``ks``: plain, reversed, and each with the top passage repeated."""
+    methods = []
+    for k in ks:
+        methods += [top_k(k, ranker=ranker, label=label), top_k(k, repeat_top=True, ranker=ranker, label=label)]
+        if k > 1:  # reversing one passage changes nothing
+            methods += [top_k(k, reverse=True, ranker=ranker, label=label),
+                        top_k(k, reverse=True, repeat_top=True, ranker=ranker, label=label)]
+    return methods
 
 
 def long_context_order(n: int) -> list[int]:
@@ -89,10 +126,10 @@ def long_context_reorder() -> Arrangement:
     return Arrangement("long-context reorder", _per_example(lambda ex: long_context_order(len(ex.passages))))
 
 
-def embedding_rerank(embedder: Any, k: int) -> Arrangement:
-    """Rerank by cosine similarity of question and passage embeddings (e.g. MiniLM), keep the top ``k``."""
+def embedding_ranker(embedder: Any) -> Ranker:
+    """Rank by cosine similarity of question and passage embeddings (e.g. MiniLM)."""
 
-    def arrange(examples: Sequence[QAExample]) -> list[list[int]]:
+    def rank(examples: Sequence[QAExample]) -> list[list[int]]:
         out: list[list[int]] = []
         for ex in examples:
             if not ex.passages:
@@ -100,10 +137,15 @@ def embedding_rerank(embedder: Any, k: int) -> Arrangement:
                 continue
             vectors = embedder.embed([ex.question, *ex.passages])
             sims = vectors[1:] @ vectors[0]
-            out.append([int(i) for i in np.argsort(-sims, kind="stable")[:k]])
+            out.append([int(i) for i in np.argsort(-sims, kind="stable")])
         return out
 
-    return Arrangement(f"embedding rerank, top-{k}", arrange)
+    return rank
+
+
+def embedding_rerank(embedder: Any, k: int) -> Arrangement:
+    """Rerank by cosine similarity of question and passage embeddings (e.g. MiniLM), keep the top ``k``."""
+    return top_k(k, ranker=embedding_ranker(embedder), label="embedding rerank")
 
 
 def scored_rerank(name: str, score_fn: Callable[[str, Sequence[str]], Sequence[float]], k: int) -> Arrangement:
@@ -140,9 +182,4 @@ def fixed_sequences(name: str, sequences: dict[str, list[int]]) -> Arrangement:
 
 def baseline_arrangements(ks: Sequence[int] = (1, 2, 3, 5)) -> list[Arrangement]:
     """The fixed heuristics a user could pick without training anything."""
-    methods = [no_retrieval(), retriever_order(), reversed_order(), long_context_reorder()]
-    for k in ks:
-        methods += [top_k(k), top_k(k, repeat_top=True)]
-        if k > 1:  # reversing one passage changes nothing
-            methods += [top_k(k, reverse=True), top_k(k, reverse=True, repeat_top=True)]
-    return methods
+    return [no_retrieval(), retriever_order(), reversed_order(), long_context_reorder(), *top_k_variants(ks)]

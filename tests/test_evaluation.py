@@ -16,6 +16,7 @@ from bgm_model.arrangements import (
     no_retrieval,
     retriever_order,
     top_k,
+    top_k_variants,
 )
 from bgm_model.cli.main import main as bgm_main
 from bgm_model.evaluation import bootstrap_ci, evaluate
@@ -30,6 +31,23 @@ def test_long_context_order_matches_llama_index(n: int) -> None:
     assert long_context_order(n) == expected
     if n >= 2:  # the two best passages sit at the two ends
         assert {long_context_order(n)[0], long_context_order(n)[-1]} == {0, 1}
+
+
+def test_top_k_on_any_ranking() -> None:
+    examples = make_toy_examples(2, n_passages=5)
+
+    def key_first(batch):  # a perfect reranker of the toy task
+        return [[toy_key_index(ex)] + [i for i in range(5) if i != toy_key_index(ex)] for ex in batch]
+
+    method = top_k(2, reverse=True, repeat_top=True, ranker=key_first, label="oracle rerank")
+    assert method.name == "oracle rerank, top-2, reversed, top repeated"
+    for ex, ids in zip(examples, method(examples), strict=True):
+        x = toy_key_index(ex)
+        assert ids[-2:] == [x, x] and len(ids) == 3 and x not in ids[:1]
+    variants = top_k_variants([1, 3], ranker=key_first, label="r")
+    assert [m.name for m in variants] == ["r, top-1", "r, top-1, top repeated", "r, top-3", "r, top-3, top repeated",
+                                          "r, top-3, reversed", "r, top-3, reversed, top repeated"]
+    assert len({m.name for m in baseline_arrangements((1, 2))}) == 4 + 2 + 4
 
 
 def test_top_k_variants() -> None:

@@ -1,0 +1,356 @@
+"""Quality benchmark: a trained bridge (SL, SL+RL) against what a user would use instead, on real QA data.
+
+Every method answers the same dev questions with the same frozen reader in one run:
+
+* fixed heuristics: no retrieval; all candidates in retriever order; reversed; long-context reorder ("lost in
+  the middle", the order of LangChain's and LlamaIndex's ``LongContextReorder``); every top-k for k in
+  ``--ks``, plain / reversed / with the top passage repeated. The **best fixed heuristic** is the best of
+  these top-k variants *chosen on the dev questions themselves* (an optimistic baseline; its k is reported);
+* rerankers + top-k: MiniLM embedding similarity, and a MiniLM cross-encoder **trained on the training
+  questions' gold-passage labels** (supervision the bridge never sees), each with its best k chosen on dev;
+* BGM SL-only and BGM SL+RL, trained on the training questions (silver sequences -> SL -> PPO);
+* the SPS oracle (greedy search on the dev questions *with their gold answers*): an upper bound, reported
+  separately.
+
+Metrics: exact match, token F1, answer containment (bootstrap 95% CIs over questions), mean prompt tokens,
+arrangement latency (ms per question) and reader seconds. Results: ``<results>/quality_<name>.json``,
+``.md`` (the table) and ``.png``. Work files (silver sequences, bridges, cross-encoder) go to
+``--work-dir`` and are reused by a re-run; every reader call goes through the persistent reader cache.
+
+Run (primary target, ~75 min on 2 CPU cores from an empty cache; minutes when cached):
+
+    python benchmarks/quality.py --dataset nq_open
+    python benchmarks/quality.py --dataset hotpotqa --train-questions 60 --dev-questions 40
+    python benchmarks/quality.py --dataset musique           # MuSiQue train split 70/30 (20 candidates)
+    python benchmarks/quality.py --train my_train.jsonl --dev my_dev.jsonl --name mine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from bgm_model.cli.common import add_reader_arguments, build_reader  # noqa: E402
+from bgm_model.data import QAExample, load_examples  # noqa: E402
+from bgm_model.training.pipeline import BridgeRecipe, train_bridge  # noqa: E402
+
+logger = logging.getLogger("benchmarks.quality")
+
+TARGET_DATASET = "nq_open"
+BASELINE = "all, retriever order"
+
+
+def shared_data_dir() -> Path:
+    for candidate in (ROOT.parent / "shared" / "data", Path("/work/shared/data")):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("../shared/data not found next to the repository; pass --train/--dev files")
+
+
+def load_split(args: argparse.Namespace) -> tuple[str, list[QAExample], list[QAExample]]:
+    """(name, train examples, dev examples) for ``--dataset`` or ``--train/--dev``."""
+    if args.train:
+        name = args.name or Path(args.train).stem
+        train = load_examples(args.train, top_k=args.top_k, limit=args.train_questions)
+        if args.dev:
+            return name, train, load_examples(args.dev, top_k=args.top_k, limit=args.dev_questions)
+        return (name, *split_off_dev(train, args))
+    if args.dataset in ("nq_open", "hotpotqa"):
+        from bgm_model.bundled import bundled_dataset
+
+        train = load_examples(bundled_dataset(args.dataset, "train"), top_k=args.top_k, limit=args.train_questions)
+        dev = load_examples(bundled_dataset(args.dataset, "dev"), top_k=args.top_k, limit=args.dev_questions)
+        return args.dataset, train, dev
+    if args.dataset == "musique":
+        examples = load_examples(shared_data_dir() / "musique" / "train.jsonl")
+        return ("musique", *split_off_dev(examples, args))
+    raise SystemExit(f"unknown --dataset {args.dataset!r}")
+
+
+def split_off_dev(examples: list[QAExample], args: argparse.Namespace) -> tuple[list[QAExample], list[QAExample]]:
+    """A seeded 70/30 split of one file into train and dev questions (then capped by the size options)."""
+    shuffled = list(examples)
+    random.Random(args.seed).shuffle(shuffled)
+    cut = round(0.7 * len(shuffled))
+    return shuffled[:cut][: args.train_questions], shuffled[cut:][: args.dev_questions]
+
+
+def gold_pairs(examples: list[QAExample]) -> list[tuple[str, str, float]]:
+    """(question, passage, 1.0 if a gold passage else 0.0) for the cross-encoder baseline."""
+    return [
+        (ex.question, passage, float(is_gold))
+        for ex in examples if ex.gold is not None
+        for passage, is_gold in zip(ex.passages, ex.gold, strict=True)
+    ]
+
+
+def train_cross_encoder(train: list[QAExample], work: Path, args: argparse.Namespace) -> Any:
+    from bgm_model.cross_encoder import CrossEncoder
+
+    folder = work / "cross_encoder"
+    stamp = {"questions": sorted(ex.id for ex in train), "epochs": args.ce_epochs, "seed": args.seed}
+    if (folder / "bgm_stamp.json").exists() and json.loads((folder / "bgm_stamp.json").read_text()) == stamp:
+        logger.info("reusing the cross-encoder in %s", folder)
+        return CrossEncoder(folder)
+    pairs = gold_pairs(train)
+    if not pairs:
+        logger.warning("no gold-passage labels in the training data: the cross-encoder baseline is skipped")
+        return None
+    encoder = CrossEncoder()
+    encoder.fit(pairs, epochs=args.ce_epochs, seed=args.seed)
+    encoder.save_pretrained(folder)
+    (folder / "bgm_stamp.json").write_text(json.dumps(stamp))
+    return encoder
+
+
+def oracle_sequences(dev: list[QAExample], reader: Any, work: Path, recipe: BridgeRecipe) -> dict[str, list[int]]:
+    """Silver sequences of the dev questions: greedy search with their gold answers (an upper bound)."""
+    from bgm_model.rewards import get_reward
+    from bgm_model.training.silver import SilverConfig, read_silver, synthesize_to_file
+
+    path = work / "oracle_silver.jsonl"
+    synthesize_to_file(dev, reader, path, reward=get_reward(recipe.reward),
+                       config=SilverConfig(max_length=recipe.silver_max_length, top_m=recipe.silver_top_m))
+    wanted = {ex.id for ex in dev}
+    return {s.id: s.ids for s in read_silver(path) if s.id in wanted}
+
+
+def best_of(report: Any, names: list[str]) -> Any:
+    """The method among ``names`` with the highest containment (F1, then fewer prompt tokens break ties)."""
+    candidates = [report.by_name(n) for n in names]
+    return max(candidates, key=lambda m: (m.contains, m.f1, -m.prompt_tokens))
+
+
+def paired_difference(report: Any, a: str, b: str, metric: str) -> dict[str, float]:
+    """Mean of ``a - b`` over the same questions, with a bootstrap 95% CI of the paired differences."""
+    from bgm_model.evaluation import bootstrap_ci
+
+    rows_a = {r["id"]: r[metric] for r in report.by_name(a).per_example}
+    rows_b = {r["id"]: r[metric] for r in report.by_name(b).per_example}
+    diffs = [rows_a[i] - rows_b[i] for i in rows_a]
+    low, high = bootstrap_ci(diffs)
+    return {"mean": sum(diffs) / len(diffs), "ci_low": low, "ci_high": high}
+
+
+def summarise(report: Any, groups: dict[str, list[str]], metric: str) -> dict[str, Any]:
+    """Best-of choices, target checks and paired differences (reported, never asserted)."""
+    best_heuristic = best_of(report, groups["top-k heuristics"])
+    summary: dict[str, Any] = {"metric": metric, "best fixed heuristic": best_heuristic.name}
+    for label in ("embedding rerank", "cross-encoder"):
+        if groups.get(label):
+            summary[f"best {label}"] = best_of(report, groups[label]).name
+    base = report.by_name(BASELINE)
+    checks = {}
+    for bgm in groups["BGM"]:
+        m = report.by_name(bgm)
+        checks[bgm] = {
+            f"{metric} vs {BASELINE} (ratio)": getattr(m, metric) / getattr(base, metric) if getattr(base, metric) else None,
+            f"{metric} minus best fixed heuristic ({best_heuristic.name})": paired_difference(
+                report, bgm, best_heuristic.name, metric),
+            "prompt tokens vs all candidates (ratio)": m.prompt_tokens / base.prompt_tokens,
+        }
+        if "best cross-encoder" in summary:
+            checks[bgm][f"{metric} minus best cross-encoder ({summary['best cross-encoder']})"] = paired_difference(
+                report, bgm, summary["best cross-encoder"], metric)
+    if "BGM SL+RL" in groups["BGM"] and "BGM SL" in groups["BGM"]:
+        checks["RL over SL"] = {metric: paired_difference(report, "BGM SL+RL", "BGM SL", metric),
+                                "f1": paired_difference(report, "BGM SL+RL", "BGM SL", "f1")}
+    summary["checks"] = checks
+    return summary
+
+
+def markdown(name: str, report: Any, summary: dict[str, Any], command: str, info: dict[str, Any]) -> str:
+    lines = [
+        f"# Quality benchmark: {name}",
+        "",
+        f"`{command}`",
+        "",
+        f"{info['train']} training questions, {report.n_examples} dev questions, {info['candidates']} candidates "
+        f"per question; reader `{report.reader}`; reader time {report.reader_seconds / 60:.1f} min for "
+        f"{report.reader_calls} answers (cache hits included). Best fixed heuristic (chosen on dev): "
+        f"**{summary['best fixed heuristic']}**" + (f"; best cross-encoder: **{summary['best cross-encoder']}**"
+                                                     if "best cross-encoder" in summary else "") + ".",
+        "",
+        report.table(ci_metric=summary["metric"]),
+        "",
+        "Paired differences (mean over the same questions, bootstrap 95% CI):",
+        "",
+    ]
+    for method, checks in summary["checks"].items():
+        for what, value in checks.items():
+            if isinstance(value, dict):
+                lines.append(f"- {method}: {what}: {value['mean']:+.3f} [{value['ci_low']:+.3f}, {value['ci_high']:+.3f}]")
+            elif value is not None:
+                lines.append(f"- {method}: {what}: {value:.2f}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, name: str, report: Any, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = report.methods
+    names = [m.name for m in methods]
+    intervals = [m.interval(metric) for m in methods]
+    values = [getattr(m, metric) for m in methods]
+    errors = [[v - lo for v, (lo, _) in zip(values, intervals)], [hi - v for v, (_, hi) in zip(values, intervals)]]
+    colors = ["tab:orange" if n.startswith("BGM") else "tab:gray" if "oracle" in n else "tab:blue" for n in names]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.3 * len(names) + 1.6))
+    axes[0].barh(names, values, xerr=errors, color=colors, capsize=2)
+    axes[0].set(title=f"{name} dev: {metric} (95% CI)", xlim=(0, 1))
+    axes[1].barh(names, [m.prompt_tokens for m in methods], color=colors)
+    axes[1].set(title="mean prompt tokens")
+    axes[1].set_yticklabels([])
+    for ax in axes:
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = BridgeRecipe()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default=TARGET_DATASET, choices=["nq_open", "hotpotqa", "musique"])
+    p.add_argument("--train", default=None, help="any training JSONL in the project's format (overrides --dataset)")
+    p.add_argument("--dev", default=None, help="its dev JSONL (default: a seeded 70/30 split of --train)")
+    p.add_argument("--name", default=None, help="name of the results files (default: dataset or file stem)")
+    p.add_argument("--train-questions", type=int, default=120)
+    p.add_argument("--dev-questions", type=int, default=50)
+    p.add_argument("--top-k", type=int, default=10, help="candidates retrieved per question (retrieval sets)")
+    p.add_argument("--ks", default="1,2,3,5", help="k values of the top-k heuristics and rerankers")
+    p.add_argument("--metric", default="contains", choices=["em", "f1", "contains"],
+                   help="metric that chooses the best heuristic and is checked against the targets")
+    p.add_argument("--no-oracle", action="store_true", help="skip the SPS oracle on the dev questions")
+    p.add_argument("--ce-epochs", type=int, default=2, help="cross-encoder training epochs")
+    p.add_argument("--reward", default=defaults.reward, help="reward of SPS and RL")
+    p.add_argument("--silver-max-length", type=int, default=defaults.silver_max_length)
+    p.add_argument("--silver-top-m", type=int, default=defaults.silver_top_m)
+    p.add_argument("--max-passage-tokens", type=int, default=defaults.max_passage_tokens)
+    p.add_argument("--sl-epochs", type=int, default=6)
+    p.add_argument("--sl-learning-rate", type=float, default=defaults.sl_learning_rate)
+    p.add_argument("--rl-steps", type=int, default=8)
+    p.add_argument("--rl-samples", type=int, default=defaults.rl_samples)
+    p.add_argument("--rl-batch-size", type=int, default=defaults.rl_batch_size)
+    p.add_argument("--rl-learning-rate", type=float, default=defaults.rl_learning_rate)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--work-dir", default=None, help="silver sequences, bridges, cross-encoder (default: bgm_output/quality/NAME)")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="where JSON, Markdown and PNG go")
+    add_reader_arguments(p)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from bgm_model import BridgeModel
+    from bgm_model.arrangements import (
+        bridge_arrangement,
+        embedding_ranker,
+        fixed_sequences,
+        long_context_reorder,
+        no_retrieval,
+        retriever_order,
+        reversed_order,
+        top_k_variants,
+    )
+    from bgm_model.embedding import MiniLMEmbedder
+    from bgm_model.evaluation import evaluate
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    name, train, dev = load_split(args)
+    work = Path(args.work_dir or ROOT / "bgm_output" / "quality" / name)
+    work.mkdir(parents=True, exist_ok=True)
+    reader = build_reader(args)
+    logger.info("%s: %d train / %d dev questions, reader %s", name, len(train), len(dev), reader.name)
+    recipe = BridgeRecipe(
+        reward=args.reward, silver_max_length=args.silver_max_length, silver_top_m=args.silver_top_m,
+        max_passage_tokens=args.max_passage_tokens, sl_epochs=args.sl_epochs,
+        sl_learning_rate=args.sl_learning_rate, rl_steps=args.rl_steps, rl_samples=args.rl_samples,
+        rl_batch_size=args.rl_batch_size, rl_learning_rate=args.rl_learning_rate, seed=args.seed,
+    )
+    trained = train_bridge(train, reader, work / "bgm", recipe, reuse=True)
+    seconds.update(trained.seconds)
+
+    t = time.perf_counter()
+    cross_encoder = train_cross_encoder(train, work, args)
+    seconds["cross-encoder"] = time.perf_counter() - t
+    oracle: dict[str, list[int]] = {}
+    if not args.no_oracle:
+        t = time.perf_counter()
+        oracle = oracle_sequences(dev, reader, work, recipe)
+        seconds["SPS oracle"] = time.perf_counter() - t
+
+    ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    groups: dict[str, list[str]] = {}
+    methods = [no_retrieval(), retriever_order(), reversed_order(), long_context_reorder()]
+    heuristics = top_k_variants(ks)
+    groups["top-k heuristics"] = [m.name for m in heuristics]
+    methods += heuristics
+    embedding = top_k_variants(ks, ranker=embedding_ranker(MiniLMEmbedder()), label="embedding rerank")
+    groups["embedding rerank"] = [m.name for m in embedding]
+    methods += embedding
+    if cross_encoder is not None:
+        def rank_with_cross_encoder(examples: Any) -> list[list[int]]:
+            return cross_encoder.rerank_batch([ex.question for ex in examples], [ex.passages for ex in examples])
+
+        ce = top_k_variants(ks, ranker=rank_with_cross_encoder, label="cross-encoder")
+        groups["cross-encoder"] = [m.name for m in ce]
+        methods += ce
+    bgm = [bridge_arrangement(BridgeModel.from_pretrained(trained.sl_dir), name="BGM SL")]
+    if trained.rl_dir is not None:
+        bgm.append(bridge_arrangement(BridgeModel.from_pretrained(trained.rl_dir), name="BGM SL+RL"))
+    groups["BGM"] = [m.name for m in bgm]
+    methods += bgm
+    if oracle:
+        methods.append(fixed_sequences("SPS oracle (uses gold answers)", oracle))
+
+    t = time.perf_counter()
+    report = evaluate(dev, reader, methods, batch_size=8)
+    seconds["evaluation"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+
+    summary = summarise(report, groups, args.metric)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    info = {"train": len(train), "dev": len(dev), "candidates": round(sum(len(e.passages) for e in dev) / len(dev), 1)}
+    payload = {
+        "command": command, "dataset": name, **info, "reader": report.reader, "recipe": asdict(recipe),
+        "silver_reader_calls": trained.reader_calls, "seconds": seconds, "summary": summary,
+        "methods": [{**m.summary(), **{f"{k}_ci": m.interval(k) for k in ("em", "f1", "contains")}}
+                    for m in report.methods],
+        "groups": groups, "per_example": {m.name: m.per_example for m in report.methods},
+        "torch_threads": torch.get_num_threads(),
+    }
+    (results / f"quality_{name}.json").write_text(json.dumps(payload, indent=2))
+    table = markdown(name, report, summary, command, info)
+    (results / f"quality_{name}.md").write_text(table)
+    plot(results / f"quality_{name}.png", name, report, args.metric)
+    print("\n" + table)
+    print("time per stage: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()))
+    print(f"wrote {results}/quality_{name}.json, .md, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""``benchmarks/quality.py`` end to end on toy files (toy reader): every method, the summary and the outputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from bgm_model.training.toy import make_toy_examples
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write(path: Path, examples) -> Path:
+    with path.open("w") as f:
+        for ex in examples:
+            passages = [{"title": "", "text": p, "is_gold": g} for p, g in zip(ex.passages, ex.gold, strict=True)]
+            f.write(json.dumps({"id": ex.id, "question": ex.question, "answers": ex.answers, "passages": passages}) + "\n")
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_quality_benchmark_runs_every_method(tmp_path, capsys) -> None:
+    quality = _load_benchmark()
+    examples = make_toy_examples(10, n_passages=4, seed=11)
+    train = _write(tmp_path / "toy_train.jsonl", examples[:6])
+    dev = _write(tmp_path / "toy_dev.jsonl", examples[6:])
+
+    code = quality.main([
+        "--train", str(train), "--dev", str(dev), "--name", "toy", "--reader", "toy", "--reader-cache", "none",
+        "--ks", "1,2", "--reward", "em", "--silver-top-m", "4", "--sl-epochs", "1", "--rl-steps", "1",
+        "--rl-batch-size", "2", "--rl-samples", "2", "--ce-epochs", "1", "--max-passage-tokens", "32",
+        "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "results"),
+    ])
+
+    assert code == 0
+    result = json.loads((tmp_path / "results" / "quality_toy.json").read_text())
+    names = [m["name"] for m in result["methods"]]
+    for expected in ("no retrieval", "all, retriever order", "all, reversed", "long-context reorder", "top-2, reversed",
+                     "embedding rerank, top-1", "cross-encoder, top-2, reversed, top repeated", "BGM SL", "BGM SL+RL",
+                     "SPS oracle (uses gold answers)"):
+        assert expected in names
+    assert result["train"] == 6 and result["dev"] == 4
+    oracle = next(m for m in result["methods"] if m["name"].startswith("SPS oracle"))
+    assert oracle["em"] == 1.0  # the toy optimum [X, X], found with the gold answers
+    summary = result["summary"]
+    assert summary["best fixed heuristic"] in result["groups"]["top-k heuristics"]
+    assert summary["best cross-encoder"] in result["groups"]["cross-encoder"]
+    check = summary["checks"]["BGM SL+RL"]
+    tokens = {m["name"]: m["prompt_tokens"] for m in result["methods"]}
+    assert check["prompt tokens vs all candidates (ratio)"] == pytest.approx(
+        tokens["BGM SL+RL"] / tokens["all, retriever order"])
+    assert set(summary["checks"]["RL over SL"]) == {"contains", "f1"}
+    assert (tmp_path / "results" / "quality_toy.png").stat().st_size > 10_000
+    table = (tmp_path / "results" / "quality_toy.md").read_text()
+    assert "| BGM SL+RL |" in table and "Best fixed heuristic (chosen on dev)" in table
+    assert "wrote" in capsys.readouterr().out
+    # a re-run reuses the trained bridges and the cross-encoder
+    quality.main(["--train", str(train), "--dev", str(dev), "--name", "toy", "--reader", "toy", "--reader-cache",
+                  "none", "--ks", "1,2", "--reward", "em", "--silver-top-m", "4", "--sl-epochs", "1", "--rl-steps",
+                  "1", "--rl-batch-size", "2", "--rl-samples", "2", "--ce-epochs", "1", "--max-passage-tokens", "32",
+                  "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "results")])
+    assert "SL" not in json.loads((tmp_path / "results" / "quality_toy.json").read_text())["seconds"]

@@ -1,0 +1,50 @@
+"""``train_bridge``: SPS -> SL -> RL in one call, and reuse of bridges trained with the same recipe."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from bgm_model import BridgeModel
+from bgm_model.training.pipeline import BridgeRecipe, train_bridge
+from bgm_model.training.silver import read_silver
+from bgm_model.training.toy import ToyReader, make_toy_examples, toy_optimal_ids
+
+RECIPE = BridgeRecipe(reward="em", silver_max_length=2, silver_top_m=None, sl_epochs=2, sl_batch_size=4,
+                      rl_steps=1, rl_samples=2, rl_batch_size=2)
+
+
+def test_train_bridge_writes_silver_and_both_bridges(tmp_path, tiny_make_bridge: Callable[..., BridgeModel]) -> None:
+    examples = make_toy_examples(6, n_passages=4, seed=3)
+    reader = ToyReader(supports_scoring=True, cache=False)
+
+    trained = train_bridge(examples, reader, tmp_path, RECIPE, bridge=tiny_make_bridge())
+
+    assert not trained.reused and trained.rl_dir is not None and trained.final_dir == trained.rl_dir
+    silver = {s.id: s.ids for s in read_silver(trained.silver_path)}
+    assert silver == {ex.id: toy_optimal_ids(ex) for ex in examples}  # greedy finds the toy optimum
+    assert set(trained.seconds) == {"silver sequences", "SL", "RL"}
+    for folder in (trained.sl_dir, trained.rl_dir):
+        assert isinstance(BridgeModel.from_pretrained(folder), BridgeModel)
+    stamp = json.loads((tmp_path / "recipe.json").read_text())
+    assert stamp["recipe"]["reward"] == "em" and len(stamp["examples"]) == 6
+
+
+def test_train_bridge_reuses_only_a_matching_recipe(tmp_path, tiny_make_bridge: Callable[..., BridgeModel]) -> None:
+    examples = make_toy_examples(4, n_passages=4, seed=5)
+    reader = ToyReader(supports_scoring=True, cache=False)
+    first = train_bridge(examples, reader, tmp_path, RECIPE, bridge=tiny_make_bridge())
+    weights = first.sl_dir / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+
+    again = train_bridge(examples, reader, tmp_path, RECIPE, reuse=True, bridge=tiny_make_bridge())
+    assert again.reused and weights.stat().st_mtime_ns == before and again.seconds.keys() == {"silver sequences"}
+    assert again.reader_calls == 0  # silver sequences resumed from the file
+
+    no_reuse = train_bridge(examples, reader, tmp_path, RECIPE, reuse=False, bridge=tiny_make_bridge())
+    assert not no_reuse.reused
+
+    changed = BridgeRecipe(**{**RECIPE.__dict__, "rl_steps": 0})
+    retrained = train_bridge(examples, reader, tmp_path, changed, reuse=True, bridge=tiny_make_bridge())
+    assert not retrained.reused and retrained.rl_dir is None and retrained.final_dir == retrained.sl_dir
+    assert train_bridge(examples, reader, tmp_path, changed, reuse=True, bridge=tiny_make_bridge()).reused
