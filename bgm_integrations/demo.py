@@ -30,6 +30,7 @@ class DemoConfig:
     train_questions: int = field(default=24, metadata={"help": "training questions answered by the chain and used for SPS/SL/RL"})
     dev_questions: int = field(default=20, metadata={"help": "dev questions for the final evaluation"})
     top_k: int = field(default=10, metadata={"help": "passages the retriever returns per question"})
+    reader: str = field(default="smollm2", metadata={"help": "frozen reader: smollm2 (packaged SmolLM2-135M-Instruct), hf:PATH (a local causal LM folder) or toy"})
     output_dir: str = field(default="bgm_output", metadata={"help": "where traces, silver sequences, checkpoints, report and plots go"})
     reader_cache: str | None = field(default=None, metadata={"help": "reader call cache directory (default: $BGM_CACHE_DIR or ~/.cache/bgm-bridge/reader)"})
     silver_max_length: int = field(default=2, metadata={"help": "longest silver passage sequence"})
@@ -168,9 +169,9 @@ def run_demo(cfg: DemoConfig, *, reader: Any = None) -> DemoResult:
     train_rows = _read_jsonl(bundled_dataset(cfg.dataset, "train"), cfg.train_questions)
     dev_rows = _read_jsonl(bundled_dataset(cfg.dataset, "dev"), cfg.dev_questions)
     if reader is None:
-        from bgm_model.readers.hf import load_smollm2_reader
+        from bgm_model.cli.common import make_reader
 
-        reader = load_smollm2_reader(cache=cfg.reader_cache or True)
+        reader = make_reader(cfg.reader, cache=cfg.reader_cache or True)
     retriever = build_retriever(cfg, out, [*train_rows, *dev_rows])
     chain = build_rag_chain(retriever, ReaderChatModel(reader=reader), reader.template)
     traces_path = out / "traces.jsonl"

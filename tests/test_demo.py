@@ -35,3 +35,14 @@ def test_demo_pipeline_runs_end_to_end(tmp_path) -> None:
     assert names[-2:] == ["BGM SL", "BGM SL+RL"] and "all, retriever order" in names
     assert all(p.exists() and p.stat().st_size > 10_000 for p in result.plots)
     assert isinstance(BridgeModel.from_pretrained(result.bridge_dir), BridgeModel)
+
+
+def test_demo_reader_option_builds_the_named_reader() -> None:
+    from bgm_model.cli.common import make_reader
+    from bgm_model.training.toy import ToyReader
+
+    assert isinstance(make_reader("toy"), ToyReader)
+    with pytest.raises(SystemExit, match="unknown --reader 'gpt-9'"):
+        make_reader("gpt-9")
+    args = build_parser().parse_args(["demo", "--reader", "toy", "--train-questions", "3"])
+    assert args.reader == "toy" and args.train_questions == 3

@@ -26,17 +26,21 @@ def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_reader(args: argparse.Namespace) -> Reader:
     """The reader chosen by :func:`add_reader_arguments`' options."""
-    spec: str = args.reader
+    cache: Any = True
+    if args.reader_cache is not None:
+        cache = False if args.reader_cache.lower() == "none" else args.reader_cache
+    return make_reader(args.reader, cache=cache, max_new_tokens=args.max_new_tokens, device=args.reader_device)
+
+
+def make_reader(spec: str, *, cache: Any = True, max_new_tokens: int = 24, device: str | None = None) -> Reader:
+    """A reader from its command-line spec (see ``READER_HELP``); ``cache``: True, False or a directory."""
     if spec == "toy":
         from bgm_model.training.toy import ToyReader
 
         return ToyReader()
-    cache: Any = True
-    if args.reader_cache is not None:
-        cache = False if args.reader_cache.lower() == "none" else args.reader_cache
-    kwargs: dict[str, Any] = {"cache": cache, "max_new_tokens": args.max_new_tokens}
-    if args.reader_device:
-        kwargs["device"] = args.reader_device
+    kwargs: dict[str, Any] = {"cache": cache, "max_new_tokens": max_new_tokens}
+    if device:
+        kwargs["device"] = device
     if spec == "smollm2":
         from bgm_model.readers.hf import load_smollm2_reader
 
