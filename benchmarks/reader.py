@@ -10,6 +10,13 @@ shuffled; which passages they are does not change what a call costs):
   (c) evaluation: 5 methods per question (no passages, top-1, top-3, top-3 reversed, all candidates), one
       ``answer_batch`` for all questions and methods.
 
+Optional extra backends (``--backends ct2-int8,ct2-float32``, needs ``pip install 'bgm-bridge[ct2]'``):
+the same SmolLM2 converted to CTranslate2 (:class:`bgm_model.readers.ct2.CT2Reader`, int8 or float32
+weights, no prefix reuse), run on the same prompts after the three transformers readers; reported with
+their wall-time ratio to naive, to reuse and to reuse+batched, their agreement with the naive (transformers
+fp32) answers, and the max |difference| of ``score_batch`` on the naive answers of the first
+``--score-prompts`` prompts.
+
 Run:  python benchmarks/reader.py [--questions 4 --candidates 6 --samples 4 --threads 1 --decode-batch 16]
 Full size of the issue: --questions 20 --candidates 10. Writes benchmarks/results/reader.json and prints a
 table (wall time, new tokens, ratios to naive, whether results are identical to naive).
@@ -28,10 +35,13 @@ from typing import Any
 
 import torch
 
+from bgm_model.readers.base import Reader
 from bgm_model.readers.hf import HFReader, load_smollm2_reader
 
 logger = logging.getLogger("benchmarks.reader")
 ROOT = Path(__file__).resolve().parent.parent
+#: Extra backends ``--backends`` can add: label -> CTranslate2 compute type.
+EXTRA_BACKENDS = {"ct2-int8": "int8", "ct2-float32": "float32"}
 
 
 def find_data_dir() -> Path:
@@ -62,7 +72,7 @@ def load_questions(n: int, n_candidates: int, seed: int) -> list[dict[str, Any]]
     return out
 
 
-def silver_search(reader: HFReader, q: dict[str, Any], max_steps: int) -> list[int]:
+def silver_search(reader: Reader, q: dict[str, Any], max_steps: int) -> list[int]:
     from bgm_model.data import QAExample
     from bgm_model.training.silver import SilverConfig, synthesize_one
 
@@ -75,31 +85,37 @@ def silver_search(reader: HFReader, q: dict[str, Any], max_steps: int) -> list[i
     return synthesize_one(example, reader, reward="em", config=SilverConfig(max_length=max_steps)).ids
 
 
-def run(
-    reader: HFReader, workload: str, questions: list[dict[str, Any]], args: argparse.Namespace
-) -> dict[str, Any]:
-    reader.stats.reset()
-    reader.reset_prefix_cache()
-    start = time.perf_counter()
-    if workload == "sps":
-        result: Any = [silver_search(reader, q, args.max_steps) for q in questions]
-    elif workload == "rl":
+def prompts(workload: str, questions: list[dict[str, Any]], args: argparse.Namespace) -> tuple[list, list]:
+    """The (questions, passage lists) one ``answer_batch`` of the RL or evaluation workload sends."""
+    qs: list[str] = []
+    lists: list[list[str]] = []
+    if workload == "rl":
         rng = random.Random(args.seed)
-        qs, lists = [], []
         for q in questions:
             for _ in range(args.samples):
                 k = rng.randint(1, min(3, len(q["candidates"])))
                 qs.append(q["question"])
                 lists.append(rng.sample(q["candidates"], k))
-        result = reader.answer_batch(qs, lists)
     else:
-        qs, lists = [], []
         for q in questions:
             c = q["candidates"]
             for passages in ([], c[:1], c[:3], c[:3][::-1], c):
                 qs.append(q["question"])
                 lists.append(passages)
-        result = reader.answer_batch(qs, lists)
+    return qs, lists
+
+
+def run(
+    reader: Reader, workload: str, questions: list[dict[str, Any]], args: argparse.Namespace
+) -> dict[str, Any]:
+    reader.stats.reset()
+    if hasattr(reader, "reset_prefix_cache"):
+        reader.reset_prefix_cache()
+    start = time.perf_counter()
+    if workload == "sps":
+        result: Any = [silver_search(reader, q, args.max_steps) for q in questions]
+    else:
+        result = reader.answer_batch(*prompts(workload, questions, args))
     wall = time.perf_counter() - start
     s = reader.stats
     return {
@@ -129,8 +145,31 @@ def main(argv: list[str] | None = None) -> int:
         "--decode-batch", type=int, default=16, help="decode_batch_size of the batched reader"
     )
     parser.add_argument("--workloads", default="sps,rl,eval", help="comma-separated subset of sps,rl,eval")
+    parser.add_argument(
+        "--backends",
+        default="",
+        help="extra backends run after the transformers readers, comma-separated: "
+        + ",".join(EXTRA_BACKENDS)
+        + " (CTranslate2; converted once into --ct2-dir)",
+    )
+    parser.add_argument(
+        "--ct2-dir",
+        type=Path,
+        default=None,
+        help="folder of the converted CTranslate2 models (default: $BGM_CACHE_DIR/ct2 or ~/.cache/bgm-bridge/ct2)",
+    )
+    parser.add_argument(
+        "--score-prompts",
+        type=int,
+        default=10,
+        help="extra backends: compare score_batch with the transformers reader on this many prompts per workload",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reader.json")
     args = parser.parse_args(argv)
+    extras = [b for b in args.backends.split(",") if b]
+    unknown = sorted(set(extras) - set(EXTRA_BACKENDS))
+    if unknown:
+        parser.error(f"unknown --backends {unknown}; choose from {sorted(EXTRA_BACKENDS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
 
@@ -156,6 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "batched": batched,
     }
+    for label in extras:
+        from bgm_model.readers.ct2 import load_smollm2_ct2_reader
+
+        compute_type = EXTRA_BACKENDS[label]
+        readers[label] = load_smollm2_ct2_reader(
+            compute_type,
+            cache=False,
+            model_dir=args.ct2_dir / compute_type if args.ct2_dir else None,
+            intra_threads=args.threads,
+            max_new_tokens=batched.max_new_tokens,
+        )
     rows = []
     for workload in args.workloads.split(","):
         row: dict[str, Any] = {"workload": workload}
@@ -172,6 +222,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             r["speedup"] = round(base["wall_s"] / max(r["wall_s"], 1e-9), 2)
             r["new_token_ratio"] = round(base["new_tokens"] / max(r["new_tokens"], 1), 2)
+        for label in extras:
+            r = row[label]
+            r["agreement"] = round(
+                sum(x == y for x, y in zip(r["result"], base["result"], strict=True)) / len(base["result"]), 4
+            )
+            r["same_results"] = r["result"] == base["result"]
+            for ref in ("naive", "reuse", "batched"):
+                r[f"speedup_vs_{ref}"] = round(row[ref]["wall_s"] / max(r["wall_s"], 1e-9), 2)
+            if workload != "sps" and args.score_prompts > 0:
+                r["score_check"] = score_check(batched, readers[label], workload, questions, base["result"], args)
         rows.append(row)
         write_report(args, batched.name, rows)  # after each workload, so a cut-off run keeps what it did
 
@@ -192,9 +252,48 @@ def main(argv: list[str] | None = None) -> int:
             f"{b['speedup']}x | {n['new_tokens']} | {a['new_tokens']} ({a['new_token_ratio']}x) | "
             f"{b['new_tokens']} ({b['new_token_ratio']}x) | {same} |"
         )
+    if extras:
+        lines += [
+            "",
+            "| workload | backend | s | vs naive | vs reuse | vs reuse+batched | answers = naive | max abs score diff |",
+            "|" + "---|" * 8,
+        ]
+        for r in rows:
+            for label in extras:
+                e = r[label]
+                check = e.get("score_check") or {}
+                lines.append(
+                    f"| {r['workload']} | {label} | {e['wall_s']} | {e['speedup_vs_naive']}x | "
+                    f"{e['speedup_vs_reuse']}x | {e['speedup_vs_batched']}x | {e['agreement']:.0%} | "
+                    f"{check.get('max_abs_diff', '-')} |"
+                )
     sys.stdout.write("\n".join(lines) + "\n")
     write_report(args, batched.name, rows)
     return 0
+
+
+def score_check(
+    reference: Reader,
+    other: Reader,
+    workload: str,
+    questions: list[dict[str, Any]],
+    answers: list[str],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Max/mean |score difference| of two readers on the naive answers of the first prompts (non-empty)."""
+    qs, lists = prompts(workload, questions, args)
+    idx = [i for i, a in enumerate(answers) if a.strip()][: args.score_prompts]
+    if not idx:
+        return {}
+    picked = ([qs[i] for i in idx], [lists[i] for i in idx], [answers[i] for i in idx])
+    diffs = [
+        abs(x - y) for x, y in zip(reference.score_batch(*picked), other.score_batch(*picked), strict=True)
+    ]
+    return {
+        "prompts": len(idx),
+        "max_abs_diff": round(max(diffs), 4),
+        "mean_abs_diff": round(sum(diffs) / len(diffs), 4),
+    }
 
 
 def write_report(args: argparse.Namespace, reader_name: str, rows: list[dict[str, Any]]) -> None:

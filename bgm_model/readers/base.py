@@ -303,3 +303,64 @@ class Reader(ABC):
         if not hasattr(self, "stats"):
             self.stats = ReaderStats()
         return self.stats
+
+
+@dataclass
+class ReaderAgreement:
+    """How far two readers agree on a fixed set of prompts (see :func:`reader_agreement`)."""
+
+    calls: int
+    """Prompts compared."""
+    answer_agreement: float
+    """Share of prompts whose greedy answers are identical (after cleaning), in [0, 1]."""
+    scored: int
+    """Prompts whose reference answer was scored by both readers (non-empty answers; 0 without scoring)."""
+    max_score_diff: float | None
+    """Largest |difference| of the two readers' ``score_batch`` (mean answer-token log-likelihood)."""
+    mean_score_diff: float | None
+    """Mean |difference| of those scores."""
+    differing: list[int]
+    """Indices of the prompts whose answers differ."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reader_agreement(
+    reference: Reader,
+    other: Reader,
+    questions: Sequence[str],
+    passage_lists: Sequence[Sequence[str]],
+    answers: Sequence[str] | None = None,
+) -> ReaderAgreement:
+    """Compare two readers on the same prompts: greedy answer agreement, and score differences.
+
+    Both readers answer every ``(question, passages)`` prompt. When both support scoring, both score the
+    same answers (``answers`` if given, else the reference reader's own non-empty answers) and the max and
+    mean absolute differences of the scores are reported (``None`` otherwise).
+    """
+    _check_inputs(questions, passage_lists, answers)
+    ref_answers = reference.answer_batch(questions, passage_lists)
+    other_answers = other.answer_batch(questions, passage_lists)
+    differing = [i for i, (a, b) in enumerate(zip(ref_answers, other_answers, strict=True)) if a != b]
+    n = len(ref_answers)
+    max_diff = mean_diff = None
+    scored = 0
+    if reference.supports_scoring and other.supports_scoring:
+        targets = list(answers) if answers is not None else ref_answers
+        idx = [i for i, a in enumerate(targets) if a.strip()]
+        if idx:
+            qs, ps, ts = [questions[i] for i in idx], [passage_lists[i] for i in idx], [targets[i] for i in idx]
+            diffs = [
+                abs(x - y)
+                for x, y in zip(reference.score_batch(qs, ps, ts), other.score_batch(qs, ps, ts), strict=True)
+            ]
+            scored, max_diff, mean_diff = len(idx), max(diffs), sum(diffs) / len(diffs)
+    return ReaderAgreement(
+        calls=n,
+        answer_agreement=(n - len(differing)) / n if n else 1.0,
+        scored=scored,
+        max_score_diff=max_diff,
+        mean_score_diff=mean_diff,
+        differing=differing,
+    )

@@ -115,7 +115,84 @@ class _RoomyLayer(DynamicLayer):
         self._views()
 
 
-class HFReader(Reader):
+def resolve_chat_template(tokenizer: Any, use_chat_template: bool | None) -> bool:
+    """Whether to render prompts with ``tokenizer``'s chat template (``None``: when it has one)."""
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    if use_chat_template and not has_template:
+        raise ValueError("use_chat_template=True but the tokenizer has no chat template")
+    return has_template if use_chat_template is None else use_chat_template
+
+
+def stop_token_ids(tokenizer: Any, *configs: Any) -> set[int]:
+    """End-of-sequence ids of ``configs`` (generation config, model config) and ``tokenizer``, plus the
+    tokenizer's end-of-turn marker if it has one."""
+    ids: set[int] = set()
+    for source in (*configs, tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(e) for e in eos)
+    # Chat models end a turn with their own marker (SmolLM2: <|im_end|>).
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[m] for m in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>") if m in vocab)
+    return ids
+
+
+class TokenizerPrompts:
+    """Prompt text and token ids of a local reader with a Hugging Face tokenizer (:class:`HFReader`,
+    :class:`~bgm_model.readers.ct2.CT2Reader`): the same template, chat template and tokenisation, hence
+    the same prompts, for every backend. The reader sets ``tokenizer``, ``template``, ``use_chat_template``
+    and then calls :meth:`_check_chat_template`."""
+
+    tokenizer: Any
+    template: PromptTemplate
+    use_chat_template: bool
+    _system_in_user: bool = False
+
+    def _check_chat_template(self) -> None:
+        try:
+            self.prompt_text("q", ["p"])
+        except Exception as e:  # some templates (e.g. Gemma's) reject a system role
+            logger.info(
+                "chat template rejects a system message (%s); putting the system text in the user turn", e
+            )
+            self._system_in_user = True
+            self.prompt_text("q", ["p"])
+
+    def prompt_text(self, question: str, passages: Sequence[str]) -> str:
+        if not self.use_chat_template:
+            return self.template.render(question, passages)
+        messages = self.template.messages(question, passages)
+        if self._system_in_user:
+            messages = [{"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}]
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    def encode_prompt(self, question: str, passages: Sequence[str]) -> list[int]:
+        """Token ids of the full prompt (the chat template already holds its special tokens)."""
+        return self._encode_text(self.prompt_text(question, passages))
+
+    def _encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"])
+
+    def _encode_answer(self, answer: str) -> list[int]:
+        return list(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
+
+    def _messages_text(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """The prompt text of chat ``messages`` (``{"role", "content"}`` dicts), as :meth:`prompt_text`
+        renders the reader's own messages."""
+        turns = [dict(m) for m in messages]
+        if not turns or any(set(m) != {"role", "content"} for m in turns):
+            raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
+        if self.use_chat_template:
+            if self._system_in_user and turns[0]["role"] == "system" and len(turns) > 1:
+                turns = [{"role": "user", "content": f"{turns[0]['content']}\n\n{turns[1]['content']}"}, *turns[2:]]
+            return str(self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
+        # the plain template renders system and user text separated by a blank line
+        return "\n\n".join(m["content"] for m in turns)
+
+
+class HFReader(TokenizerPrompts, Reader):
     """A local causal LM (any ``transformers`` ``AutoModelForCausalLM``) as the frozen reader.
 
     Answers are greedy, at most ``max_new_tokens`` tokens, stopped at an end-of-sequence token or (with
@@ -153,16 +230,14 @@ class HFReader(Reader):
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if decode_batch_size < 1:
             raise ValueError(f"decode_batch_size must be >= 1, got {decode_batch_size}")
-        has_template = getattr(tokenizer, "chat_template", None) is not None
-        if use_chat_template and not has_template:
-            raise ValueError("use_chat_template=True but the tokenizer has no chat template")
+        chat = resolve_chat_template(tokenizer, use_chat_template)
         self.model = model.eval()
         self.model.requires_grad_(False)
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.prefix_reuse = prefix_reuse
         self.decode_batch_size = decode_batch_size
-        self.use_chat_template = has_template if use_chat_template is None else use_chat_template
+        self.use_chat_template = chat
         dtype = next(model.parameters()).dtype
         if name is None:
             source = getattr(model.config, "_name_or_path", "") or type(model).__name__
@@ -244,43 +319,9 @@ class HFReader(Reader):
     # -- prompts -----------------------------------------------------------------------------------------
 
     def _collect_stop_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for source in (getattr(self.model, "generation_config", None), self.model.config, self.tokenizer):
-            eos = getattr(source, "eos_token_id", None)
-            if isinstance(eos, int):
-                ids.add(eos)
-            elif isinstance(eos, (list, tuple)):
-                ids.update(int(e) for e in eos)
-        # Chat models end a turn with their own marker (SmolLM2: <|im_end|>).
-        vocab = self.tokenizer.get_vocab()
-        ids.update(vocab[m] for m in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>") if m in vocab)
-        return ids
-
-    def _check_chat_template(self) -> None:
-        try:
-            self.prompt_text("q", ["p"])
-        except Exception as e:  # some templates (e.g. Gemma's) reject a system role
-            logger.info(
-                "chat template rejects a system message (%s); putting the system text in the user turn", e
-            )
-            self._system_in_user = True
-            self.prompt_text("q", ["p"])
-
-    def prompt_text(self, question: str, passages: Sequence[str]) -> str:
-        if not self.use_chat_template:
-            return self.template.render(question, passages)
-        messages = self.template.messages(question, passages)
-        if self._system_in_user:
-            messages = [{"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}]
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-
-    def encode_prompt(self, question: str, passages: Sequence[str]) -> list[int]:
-        """Token ids of the full prompt (the chat template already holds its special tokens)."""
-        text = self.prompt_text(question, passages)
-        return list(self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"])
-
-    def _encode_answer(self, answer: str) -> list[int]:
-        return list(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
+        return stop_token_ids(
+            self.tokenizer, getattr(self.model, "generation_config", None), self.model.config
+        )
 
     def _check_length(self, n_tokens: int, what: str) -> None:
         if self.max_positions is not None and n_tokens > self.max_positions:
@@ -373,18 +414,10 @@ class HFReader(Reader):
         same prompt text, hence the same cache entry, as ``answer(question, passages)``: a LangChain chain
         backed by this reader and the training code share their answers.
         """
-        turns = [dict(m) for m in messages]
-        if not turns or any(set(m) != {"role", "content"} for m in turns):
-            raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
-        if self.use_chat_template:
-            if self._system_in_user and turns[0]["role"] == "system" and len(turns) > 1:
-                turns = [{"role": "user", "content": f"{turns[0]['content']}\n\n{turns[1]['content']}"}, *turns[2:]]
-            text = str(self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
-        else:  # the plain template renders system and user text separated by a blank line
-            text = "\n\n".join(m["content"] for m in turns)
+        text = self._messages_text(messages)
 
         def compute(idx: list[int]) -> list[Any]:
-            ids = list(self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"])
+            ids = self._encode_text(text)
             self._check_length(len(ids) + self.max_new_tokens, "prompt plus max_new_tokens")
             with self._lock:
                 return self._clean([self._greedy(ids)], 1)

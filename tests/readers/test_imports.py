@@ -7,6 +7,7 @@ def test_public_api_is_pinned():
     assert sorted(readers.__all__) == sorted(
         [
             "CallCache",
+            "CT2Reader",
             "CallableReader",
             "HFReader",
             "LangChainReader",
@@ -16,7 +17,9 @@ def test_public_api_is_pinned():
             "ReaderStats",
             "clean_answer",
             "default_cache_dir",
+            "load_smollm2_ct2_reader",
             "load_smollm2_reader",
+            "reader_agreement",
             "smollm2_gguf_path",
         ]
     )
