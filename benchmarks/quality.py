@@ -57,19 +57,22 @@ def shared_data_dir() -> Path:
     raise FileNotFoundError("../shared/data not found next to the repository; pass --train/--dev files")
 
 
-def load_split(args: argparse.Namespace) -> tuple[str, list[QAExample], list[QAExample]]:
-    """(name, train examples, dev examples) for ``--dataset`` or ``--train/--dev``."""
+def load_split(args: argparse.Namespace, embedder: Any = None) -> tuple[str, list[QAExample], list[QAExample]]:
+    """(name, train examples, dev examples) for ``--dataset`` or ``--train/--dev``; retrieval sets get their
+    candidates from ``embedder`` (default: a fresh MiniLM)."""
     if args.train:
         name = args.name or Path(args.train).stem
-        train = load_examples(args.train, top_k=args.top_k, limit=args.train_questions)
+        train = load_examples(args.train, top_k=args.top_k, limit=args.train_questions, embedder=embedder)
         if args.dev:
-            return name, train, load_examples(args.dev, top_k=args.top_k, limit=args.dev_questions)
+            return name, train, load_examples(args.dev, top_k=args.top_k, limit=args.dev_questions, embedder=embedder)
         return (name, *split_off_dev(train, args))
     if args.dataset in ("nq_open", "hotpotqa"):
         from bgm_model.bundled import bundled_dataset
 
-        train = load_examples(bundled_dataset(args.dataset, "train"), top_k=args.top_k, limit=args.train_questions)
-        dev = load_examples(bundled_dataset(args.dataset, "dev"), top_k=args.top_k, limit=args.dev_questions)
+        train = load_examples(bundled_dataset(args.dataset, "train"), top_k=args.top_k, limit=args.train_questions,
+                              embedder=embedder)
+        dev = load_examples(bundled_dataset(args.dataset, "dev"), top_k=args.top_k, limit=args.dev_questions,
+                            embedder=embedder)
         return args.dataset, train, dev
     if args.dataset == "musique":
         examples = load_examples(shared_data_dir() / "musique" / "train.jsonl")
@@ -278,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    name, train, dev = load_split(args)
+    embedder = MiniLMEmbedder()  # retrieval and the embedding-rerank baseline share one model
+    name, train, dev = load_split(args, embedder)
+    if not train or not dev:  # fail before hours of training, not at evaluation
+        raise SystemExit(f"{name}: need training and dev questions, got {len(train)} and {len(dev)}")
     work = Path(args.work_dir or ROOT / "bgm_output" / "quality" / name)
     work.mkdir(parents=True, exist_ok=True)
     reader = build_reader(args)
@@ -307,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     heuristics = top_k_variants(ks)
     groups["top-k heuristics"] = [m.name for m in heuristics]
     methods += heuristics
-    embedding = top_k_variants(ks, ranker=embedding_ranker(MiniLMEmbedder()), label="embedding rerank")
+    embedding = top_k_variants(ks, ranker=embedding_ranker(embedder), label="embedding rerank")
     groups["embedding rerank"] = [m.name for m in embedding]
     methods += embedding
     if cross_encoder is not None:

@@ -71,3 +71,13 @@ def test_quality_benchmark_runs_every_method(tmp_path, capsys) -> None:
                   "1", "--rl-batch-size", "2", "--rl-samples", "2", "--ce-epochs", "1", "--max-passage-tokens", "32",
                   "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "results")])
     assert "SL" not in json.loads((tmp_path / "results" / "quality_toy.json").read_text())["seconds"]
+
+
+def test_quality_benchmark_refuses_an_empty_split_before_training(tmp_path) -> None:
+    quality = _load_benchmark()
+    train = _write(tmp_path / "toy_train.jsonl", make_toy_examples(3, n_passages=4))
+    dev = tmp_path / "empty.jsonl"
+    dev.write_text("")
+    with pytest.raises(SystemExit, match="need training and dev questions, got 3 and 0"):
+        quality.main(["--train", str(train), "--dev", str(dev), "--reader", "toy", "--work-dir", str(tmp_path / "w")])
+    assert not (tmp_path / "w" / "bgm").exists()

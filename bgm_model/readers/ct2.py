@@ -24,12 +24,12 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bgm_model.readers.base import CacheSpec, PromptTemplate, Reader, _check_inputs
-from bgm_model.readers.cache import CACHE_DIR_ENV, call_key
+from bgm_model.readers.base import CacheSpec, PromptTemplate, _check_inputs
+from bgm_model.readers.cache import CACHE_DIR_ENV
 from bgm_model.readers.hf import TokenizerPrompts, resolve_chat_template, stop_token_ids
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def _check_quantization(quantization: str) -> str:
     return quantization
 
 
-class CT2Reader(TokenizerPrompts, Reader):
+class CT2Reader(TokenizerPrompts):
     """A CTranslate2 decoder-only model (``ctranslate2.Generator``) as the frozen reader.
 
     Args:
@@ -157,13 +157,6 @@ class CT2Reader(TokenizerPrompts, Reader):
     def _tokens(self, ids: Sequence[int]) -> list[str]:
         return list(self.tokenizer.convert_ids_to_tokens(list(ids)))
 
-    def _check_length(self, n_tokens: int, what: str) -> None:
-        if self.max_positions is not None and n_tokens > self.max_positions:
-            raise ValueError(
-                f"{what} is {n_tokens} tokens, longer than the model's context of {self.max_positions}; "
-                "pass fewer or shorter passages"
-            )
-
     def _groups(self, prompts: list[list[int]]) -> list[list[int]]:
         """Batches of prompt indices, in length order: at most ``max_batch_size`` prompts whose lengths
         differ by at most ``max_length_spread`` tokens."""
@@ -246,16 +239,8 @@ class CT2Reader(TokenizerPrompts, Reader):
     ) -> list[float]:
         return [sum(lp) / len(lp) for lp in self.answer_token_logprobs(questions, passage_lists, answers)]
 
-    def answer_messages(self, messages: Sequence[Mapping[str, str]]) -> str:
-        """Greedy answer to chat ``messages`` through the call cache (as ``HFReader.answer_messages``)."""
-        text = self._messages_text(messages)
-
-        def compute(idx: list[int]) -> list[Any]:
-            ids = self._encode_text(text)
-            self._check_length(len(ids) + self.max_new_tokens, "prompt plus max_new_tokens")
-            return self._clean(self._generate([ids]), 1)
-
-        return str(self._through_cache([call_key(self.name, "answer", text)], compute)[0])
+    def _greedy_text(self, ids: list[int]) -> str:
+        return self._generate([ids])[0]
 
 
 # -- SmolLM2 --------------------------------------------------------------------------------------------

@@ -139,16 +139,46 @@ def stop_token_ids(tokenizer: Any, *configs: Any) -> set[int]:
     return ids
 
 
-class TokenizerPrompts:
+class TokenizerPrompts(Reader):
     """Prompt text and token ids of a local reader with a Hugging Face tokenizer (:class:`HFReader`,
     :class:`~bgm_model.readers.ct2.CT2Reader`): the same template, chat template and tokenisation, hence
     the same prompts, for every backend. The reader sets ``tokenizer``, ``template``, ``use_chat_template``
-    and then calls :meth:`_check_chat_template`."""
+    and then calls :meth:`_check_chat_template`; it implements :meth:`_greedy_text` (used by
+    :meth:`answer_messages`)."""
 
     tokenizer: Any
     template: PromptTemplate
     use_chat_template: bool
+    max_new_tokens: int
+    max_positions: int | None = None
     _system_in_user: bool = False
+
+    def _greedy_text(self, ids: list[int]) -> str:
+        """The backend's raw greedy answer after the prompt token ids ``ids``."""
+        raise NotImplementedError
+
+    def _check_length(self, n_tokens: int, what: str) -> None:
+        if self.max_positions is not None and n_tokens > self.max_positions:
+            raise ValueError(
+                f"{what} is {n_tokens} tokens, longer than the model's context of {self.max_positions}; "
+                "pass fewer or shorter passages"
+            )
+
+    def answer_messages(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """Greedy answer to chat ``messages`` (``{"role", "content"}`` dicts), through the call cache.
+
+        A chain that sends this reader's own prompt (``template.messages(question, passages)``) gets the
+        same prompt text, hence the same cache entry, as ``answer(question, passages)``: a LangChain chain
+        backed by this reader and the training code share their answers.
+        """
+        text = self._messages_text(messages)
+
+        def compute(idx: list[int]) -> list[Any]:
+            ids = self._encode_text(text)
+            self._check_length(len(ids) + self.max_new_tokens, "prompt plus max_new_tokens")
+            return self._clean([self._greedy_text(ids)], 1)
+
+        return str(self._through_cache([call_key(self.name, "answer", text)], compute)[0])
 
     def _check_chat_template(self) -> None:
         try:
@@ -192,7 +222,7 @@ class TokenizerPrompts:
         return "\n\n".join(m["content"] for m in turns)
 
 
-class HFReader(TokenizerPrompts, Reader):
+class HFReader(TokenizerPrompts):
     """A local causal LM (any ``transformers`` ``AutoModelForCausalLM``) as the frozen reader.
 
     Answers are greedy, at most ``max_new_tokens`` tokens, stopped at an end-of-sequence token or (with
@@ -247,7 +277,7 @@ class HFReader(TokenizerPrompts, Reader):
         )
         super().__init__(name, template, cache=cache, first_line_only=first_line_only)
         self.device = next(model.parameters()).device
-        self.max_positions: int | None = getattr(model.config, "max_position_embeddings", None)
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
         self._stop_ids = self._collect_stop_ids()
         self._system_in_user = False
         if self.use_chat_template:
@@ -322,13 +352,6 @@ class HFReader(TokenizerPrompts, Reader):
         return stop_token_ids(
             self.tokenizer, getattr(self.model, "generation_config", None), self.model.config
         )
-
-    def _check_length(self, n_tokens: int, what: str) -> None:
-        if self.max_positions is not None and n_tokens > self.max_positions:
-            raise ValueError(
-                f"{what} is {n_tokens} tokens, longer than the model's context of {self.max_positions}; "
-                "pass fewer or shorter passages"
-            )
 
     # -- the prefix-reusing forward pass ---------------------------------------------------------------
 
@@ -407,22 +430,9 @@ class HFReader(TokenizerPrompts, Reader):
         return [sum(lp) / len(lp) for lp in self.answer_token_logprobs(questions, passage_lists, answers)]
 
     @torch.inference_mode()
-    def answer_messages(self, messages: Sequence[Mapping[str, str]]) -> str:
-        """Greedy answer to chat ``messages`` (``{"role", "content"}`` dicts), through the call cache.
-
-        A chain that sends this reader's own prompt (``template.messages(question, passages)``) gets the
-        same prompt text, hence the same cache entry, as ``answer(question, passages)``: a LangChain chain
-        backed by this reader and the training code share their answers.
-        """
-        text = self._messages_text(messages)
-
-        def compute(idx: list[int]) -> list[Any]:
-            ids = self._encode_text(text)
-            self._check_length(len(ids) + self.max_new_tokens, "prompt plus max_new_tokens")
-            with self._lock:
-                return self._clean([self._greedy(ids)], 1)
-
-        return str(self._through_cache([call_key(self.name, "answer", text)], compute)[0])
+    def _greedy_text(self, ids: list[int]) -> str:
+        with self._lock:
+            return self._greedy(ids)
 
     def _answer_uncached(self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> list[str]:
         prompts = [self.encode_prompt(q, ps) for q, ps in zip(questions, passage_lists, strict=True)]

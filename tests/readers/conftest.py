@@ -66,3 +66,21 @@ def tiny_reader_factory(tiny_model, smollm2_tokenizer, tmp_path):
         return HFReader(tiny_model, smollm2_tokenizer, name="tiny-llama", **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """The real SmolLM2-135M-Instruct reader (fp32, CPU, no call cache), loaded once per test module."""
+    import torch
+
+    from bgm_model.readers.hf import load_smollm2_reader
+
+    # On a shared 2-core machine one thread is 3-4x faster than two fighting over busy cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield load_smollm2_reader(cache=False, device="cpu", max_new_tokens=16)
+    except ImportError as e:
+        pytest.skip(str(e))
+    finally:
+        torch.set_num_threads(threads)

@@ -230,22 +230,6 @@ NQ_PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def hf_smollm2():
-    import torch
-
-    from bgm_model.readers.hf import load_smollm2_reader
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield load_smollm2_reader(cache=False, device="cpu", max_new_tokens=16)
-    except ImportError as e:
-        pytest.skip(str(e))
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def ct2_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("ct2")
 
@@ -259,7 +243,7 @@ def _ct2(compute_type, ct2_dir):
 
 
 @pytest.mark.slow
-def test_ct2_float32_equals_transformers(hf_smollm2, ct2_dir):
+def test_ct2_float32_equals_transformers(smollm2, ct2_dir):
     pytest.importorskip("ctranslate2")
     if importlib.util.find_spec("gguf") is None:
         pytest.skip("needs gguf")
@@ -267,25 +251,25 @@ def test_ct2_float32_equals_transformers(hf_smollm2, ct2_dir):
     assert isinstance(reader, Reader) and "|ct2-float32|" in reader.name
     questions = [q for q, _ in NQ_PROMPTS]
     passages = [ps for _, ps in NQ_PROMPTS]
-    agreement = reader_agreement(hf_smollm2, reader, questions, passages)
+    agreement = reader_agreement(smollm2, reader, questions, passages)
     assert agreement.answer_agreement == 1.0, agreement
     assert agreement.scored == len(NQ_PROMPTS) and agreement.max_score_diff < 1e-2
     # Converted once, then reused from the folder.
     assert (ct2_dir / "float32" / "bgm_ct2.json").exists()
     again = _ct2("float32", ct2_dir)
-    assert again.answer_batch(questions[:2], passages[:2]) == hf_smollm2.answer_batch(questions[:2], passages[:2])
+    assert again.answer_batch(questions[:2], passages[:2]) == smollm2.answer_batch(questions[:2], passages[:2])
     # A long prompt (past CTranslate2's default max_input_length of 1024) is neither truncated nor changed.
     long_passages = [f"Passage filler {i}: " + "The river flows through the old town. " * 12 for i in range(14)]
     long_passages.insert(7, NQ_PROMPTS[2][1][0])
     assert len(reader.encode_prompt(questions[2], long_passages)) > 1100
-    lps_hf = hf_smollm2.answer_token_logprobs([questions[2]], [long_passages], ["Jupiter"])[0]
+    lps_hf = smollm2.answer_token_logprobs([questions[2]], [long_passages], ["Jupiter"])[0]
     lps_ct2 = reader.answer_token_logprobs([questions[2]], [long_passages], ["Jupiter"])[0]
     assert len(lps_hf) == len(lps_ct2) and max(abs(x - y) for x, y in zip(lps_hf, lps_ct2)) < 1e-2
-    assert reader.answer(questions[2], long_passages) == hf_smollm2.answer(questions[2], long_passages)
+    assert reader.answer(questions[2], long_passages) == smollm2.answer(questions[2], long_passages)
 
 
 @pytest.mark.slow
-def test_ct2_int8_agreement_is_reported(hf_smollm2, ct2_dir):
+def test_ct2_int8_agreement_is_reported(smollm2, ct2_dir):
     pytest.importorskip("ctranslate2")
     if importlib.util.find_spec("gguf") is None:
         pytest.skip("needs gguf")
@@ -295,7 +279,7 @@ def test_ct2_int8_agreement_is_reported(hf_smollm2, ct2_dir):
     passages = [ps for _, ps in NQ_PROMPTS]
     answers = reader.answer_batch(questions, passages)
     assert all(a.strip() for a in answers)
-    agreement = reader_agreement(hf_smollm2, reader, questions, passages)
+    agreement = reader_agreement(smollm2, reader, questions, passages)
     assert 0.0 <= agreement.answer_agreement <= 1.0
     assert agreement.max_score_diff is not None and agreement.max_score_diff >= 0.0
     print(f"CTranslate2 int8 vs transformers fp32: {agreement}")

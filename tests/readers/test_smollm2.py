@@ -20,21 +20,6 @@ PASSAGES = [
 CANDIDATES = [[PASSAGES[0], p] for p in PASSAGES[1:]] + [[]]
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from bgm_model.readers.hf import load_smollm2_reader
-
-    # On a shared 2-core machine one thread is 3-4x faster than two fighting over busy cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield load_smollm2_reader(cache=False, device="cpu", max_new_tokens=16)
-    except ImportError as e:
-        pytest.skip(str(e))
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_scores_with_prefix_reuse_equal_uncached(smollm2):
     questions, answers = [QUESTION] * len(CANDIDATES), ["Paris"] * 2 + ["Berlin, Germany", "Paris"]
     smollm2.reset_prefix_cache()
