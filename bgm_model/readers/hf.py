@@ -16,6 +16,11 @@ with the padding masked and each row at its true RoPE positions. A group closes 
 would pass ~8k KV cells (each step reads every padded cell; past that a separate group is cheaper).
 Scoring has no decoding and stays sequential.
 
+Prompt memory: the reader also keeps a snapshot of the KV cache of the last prompts it *answered* (a budget
+of ``prompt_memory_mb``, oldest dropped first). A later call whose prompt extends one of them starts from
+that snapshot: scoring gold answers after the reader answered the same prompts (silver-sequence search
+does both for every candidate) then runs only the answer tokens instead of the whole prompt again.
+
 Exactness: reuse changes only which tokens are recomputed, not the maths; scores and greedy answers equal a
 full-prompt computation up to float rounding (tested: max |diff| of log-probs <= 1e-3 in fp32 on SmolLM2).
 Batched decoding changes only the summation order of the batched matmuls; greedy answers are tested to be
@@ -24,11 +29,13 @@ identical to the reference (``prefix_reuse=False, decode_batch_size=1``) on a ti
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import importlib.util
 import inspect
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -240,6 +247,9 @@ class HFReader(TokenizerPrompts):
         decode_batch_size: greedy answers of up to this many calls (consecutive in token order) decode
             together, one forward pass per step for the group (default 16); ``1`` decodes each call alone.
             ``prefix_reuse=False, decode_batch_size=1`` is the reference computation (tests, benchmarks).
+        prompt_memory_mb: memory for KV snapshots of recently answered prompts (default 256 MB; 0 keeps
+            none), so a later call that extends one of those prompts (scoring an answer after it) runs only
+            its new tokens. Needs ``prefix_reuse``.
     """
 
     def __init__(
@@ -253,6 +263,7 @@ class HFReader(TokenizerPrompts):
         max_new_tokens: int = 24,
         prefix_reuse: bool = True,
         decode_batch_size: int = 16,
+        prompt_memory_mb: float = 256,
         use_chat_template: bool | None = None,
         first_line_only: bool = True,
     ) -> None:
@@ -260,6 +271,8 @@ class HFReader(TokenizerPrompts):
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if decode_batch_size < 1:
             raise ValueError(f"decode_batch_size must be >= 1, got {decode_batch_size}")
+        if prompt_memory_mb < 0:
+            raise ValueError(f"prompt_memory_mb must be >= 0, got {prompt_memory_mb}")
         chat = resolve_chat_template(tokenizer, use_chat_template)
         self.model = model.eval()
         self.model.requires_grad_(False)
@@ -285,6 +298,10 @@ class HFReader(TokenizerPrompts):
         # The KV cache of the last sequence run, and its tokens; shared by all calls (guarded by _lock).
         self._kv: Any = None
         self._kv_tokens: list[int] = []
+        # KV snapshots of recently answered prompts: token tuple -> (cache, bytes), oldest first.
+        self._memory: OrderedDict[tuple[int, ...], tuple[Any, int]] = OrderedDict()
+        self._memory_budget = int(prompt_memory_mb * 2**20) if prefix_reuse else 0
+        self._memory_used = 0
         self._lock = threading.RLock()
         # transformers >= 5.2x renamed ``past_key_values`` to ``cache``; use whichever this version has.
         params = inspect.signature(model.forward).parameters
@@ -359,6 +376,40 @@ class HFReader(TokenizerPrompts):
         """Drop the kept KV cache (frees its memory; the next call recomputes its whole prompt)."""
         with self._lock:
             self._kv, self._kv_tokens = None, []
+            self._memory.clear()
+            self._memory_used = 0
+
+    def _remember_prompt(self) -> None:
+        """Snapshot the current cache (it holds exactly the prompt just prefilled) into the prompt memory."""
+        if not self._memory_budget:
+            return
+        key = tuple(self._kv_tokens)
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            return
+        size = sum(t.numel() * t.element_size() for layer in self._kv.layers for t in (layer.keys, layer.values))
+        if size > self._memory_budget:
+            return
+        while self._memory_used + size > self._memory_budget:
+            _, (_, dropped) = self._memory.popitem(last=False)
+            self._memory_used -= dropped
+        self._memory[key] = (copy.deepcopy(self._kv), size)
+        self._memory_used += size
+
+    def _recall_prompt(self, ids: list[int], limit: int, have: int) -> int:
+        """Swap in the remembered prompt that shares the longest prefix with ``ids`` (at most ``limit``
+        tokens) if it beats the ``have`` tokens the current cache already shares; returns the tokens reused."""
+        best, best_len = None, have
+        for tokens in self._memory:
+            n = min(_common_prefix_len(tokens, ids), limit)
+            if n > best_len:
+                best, best_len = tokens, n
+        if best is None:
+            return have
+        self._memory.move_to_end(best)
+        self._kv = copy.deepcopy(self._memory[best][0])
+        self._kv_tokens = list(best)
+        return best_len
 
     def _run(self, ids: list[int], first_logit: int, *, decoding: bool = False) -> torch.Tensor:
         """Run ``ids`` and return the logits at positions ``first_logit .. len(ids)-1`` (float32).
@@ -372,6 +423,9 @@ class HFReader(TokenizerPrompts):
         reuse = 0
         if (self.prefix_reuse or decoding) and self._kv is not None:
             reuse = min(_common_prefix_len(self._kv_tokens, ids), first_logit)
+        if self._memory and not decoding:
+            reuse = self._recall_prompt(ids, first_logit, reuse)
+        if reuse > 0:
             cached = len(self._kv_tokens)
             if reuse < cached:
                 self._kv.crop(reuse - cached)  # v5: a negative count of tokens to remove
@@ -504,6 +558,7 @@ class HFReader(TokenizerPrompts):
         first: list[int] = []
         for r, prompt in enumerate(prompts):
             logits = self._run(prompt, first_logit=len(prompt) - 1)
+            self._remember_prompt()
             first.append(int(logits[-1].argmax()))
             pad = longest - lengths[r]
             for li, layer in enumerate(self._kv.layers):
@@ -573,6 +628,7 @@ class HFReader(TokenizerPrompts):
         ids = list(prompt)
         generated: list[int] = []
         logits = self._run(ids, first_logit=len(ids) - 1)
+        self._remember_prompt()
         for step in range(self.max_new_tokens):
             token = int(logits[-1].argmax())
             if token in self._stop_ids:

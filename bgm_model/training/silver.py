@@ -142,6 +142,9 @@ class SilverSequence:
     reader_batches: int
     naive_reader_calls: int
     source: str | None = None
+    #: Every extension each step tried, ``[candidate id, primary, secondary]`` in retriever order (also the
+    #: step that found no improvement), so the data can be analysed or re-decided without the reader.
+    scanned: list[list[list[float]]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -288,7 +291,7 @@ class _Search:
             for p, s, a in zip(primary, secondary, answers, strict=True)
         ]
 
-    def run(self) -> tuple[list[int], _Eval, list[dict[str, Any]], str, int]:
+    def run(self) -> tuple[list[int], _Eval, list[dict[str, Any]], str, int, list[list[list[float]]]]:
         cfg = self.config
         n = len(self.ex.passages)
         max_value = reward_max_value(self.primary)
@@ -298,6 +301,7 @@ class _Search:
         trajectory = [self._step_record(state, current, evaluated=1)]
         naive_states = 1
         pool = list(range(n))
+        scanned: list[list[list[float]]] = []
 
         def solved(e: _Eval) -> bool:
             return cfg.stop_at_max and max_value is not None and e.primary >= max_value - _EPS
@@ -311,6 +315,7 @@ class _Search:
                     stop = "no_candidates"
                     break
                 results = self.evaluate([state + (i,) for i in candidates])
+                scanned.append([[i, r.primary, r.secondary] for i, r in zip(candidates, results, strict=True)])
                 best_i, best = candidates[0], results[0]
                 for i, r in zip(candidates[1:], results[1:], strict=True):
                     if _beats(r, best, cfg.min_gain):  # strict, so the earliest candidate wins ties
@@ -326,7 +331,7 @@ class _Search:
                 if solved(current):
                     stop = "solved"
                     break
-        return list(state), current, trajectory, stop, naive_states
+        return list(state), current, trajectory, stop, naive_states, scanned
 
     def _top_m(self, candidates: list[int], results: list[_Eval], m: int) -> list[int]:
         # Rank with the same lexicographic rule (primary, secondary, earlier first); keep retriever order.
@@ -363,7 +368,7 @@ def synthesize_one(
     secondary = _resolve_secondary(config.secondary, primary, reader)
     counting = _CountingReader(reader)
     search = _Search(example, counting, primary, secondary, config)
-    ids, final, trajectory, stop, naive_states = search.run()
+    ids, final, trajectory, stop, naive_states, scanned = search.run()
 
     if _naive_steps_after(stop, len(ids), config.max_length):
         # Naive greedy does not stop at the maximum: it scans one more step and finds no improvement.
@@ -389,6 +394,7 @@ def synthesize_one(
         reader_batches=counting.calls,
         naive_reader_calls=naive_calls,
         source=example.source,
+        scanned=scanned,
     )
 
 

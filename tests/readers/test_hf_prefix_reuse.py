@@ -77,6 +77,47 @@ def test_reuse_carries_over_between_batches(tiny_reader_factory):
     assert reader.stats.new_tokens - before > 50
 
 
+def test_scoring_after_answering_reuses_the_remembered_prompts(tiny_reader_factory):
+    # Silver-sequence search answers every candidate prompt, then scores gold answers after the same prompts.
+    questions = [QUESTION] * len(CANDIDATES)
+    golds = ["Paris, France"] * len(CANDIDATES)
+    plain = tiny_reader_factory(prompt_memory_mb=0)
+    plain.answer_batch(questions, CANDIDATES)
+    spent = plain.stats.new_tokens
+    plain_scores = plain.score_batch(questions, CANDIDATES, golds)
+    plain_cost = plain.stats.new_tokens - spent
+
+    reader = tiny_reader_factory()
+    assert reader.answer_batch(questions, CANDIDATES) == plain.answer_batch(questions, CANDIDATES)
+    spent = reader.stats.new_tokens
+    scores = reader.score_batch(questions, CANDIDATES, golds)
+    cost = reader.stats.new_tokens - spent
+    answer_len = len(reader._encode_answer("Paris, France"))
+    # each prompt's last token is run again (its logit predicts the first answer token), then the answer
+    assert cost == len(CANDIDATES) * answer_len
+    assert cost < plain_cost / 5
+    for passages, score in zip(CANDIDATES, scores, strict=True):
+        ref = full_forward_logprobs(reader, QUESTION, passages, "Paris, France").mean().item()
+        assert score == pytest.approx(ref, abs=1e-4)
+    assert scores == pytest.approx(plain_scores, abs=1e-5)
+
+
+def test_prompt_memory_stays_within_its_budget(tiny_reader_factory):
+    reader = tiny_reader_factory()
+    reader.answer_batch([QUESTION] * len(CANDIDATES), CANDIDATES)
+    one = max(size for _, size in reader._memory.values())
+    assert len(reader._memory) == len(CANDIDATES) and reader._memory_used == sum(
+        size for _, size in reader._memory.values()
+    )
+    small = tiny_reader_factory(prompt_memory_mb=2.5 * one / 2**20)
+    small.answer_batch([QUESTION] * len(CANDIDATES), CANDIDATES)
+    assert len(small._memory) == 2 and small._memory_used <= 2.5 * one  # the oldest were dropped
+    small.reset_prefix_cache()
+    assert not small._memory and small._memory_used == 0
+    with pytest.raises(ValueError, match="prompt_memory_mb"):
+        tiny_reader_factory(prompt_memory_mb=-1)
+
+
 def test_greedy_answers_equal_generate_and_naive(tiny_reader_factory):
     reuse, naive = tiny_reader_factory(), tiny_reader_factory(prefix_reuse=False)
     questions = [QUESTION] * len(CANDIDATES)

@@ -307,3 +307,20 @@ def test_real_smollm2_silver_sequences_on_hotpotqa(tmp_path: Path) -> None:
     before = reader.stats.calls
     again = synthesize_to_file(examples, reader, path, reward="loglik", config=config)
     assert again.written == 0 and again.skipped_done == 3 and reader.stats.calls == before
+
+
+def test_scanned_records_every_extension_of_every_step() -> None:
+    reader = FnReader(lambda ps: "gold answer" if ps.count("key") == 2 else "gold" if "key" in ps else "no")
+    rec = synthesize_one(_example(["a", "key", "b"]), reader, reward="em",
+                         config=SilverConfig(top_m=None, secondary="f1"))
+    assert rec.ids == [1, 1]
+    # one scan per accepted step, plus the step that found nothing better (unless the search was solved)
+    assert len(rec.scanned) == len(rec.trajectory) - 1 + (rec.stop_reason != "solved")
+    for step, scan in enumerate(rec.scanned):
+        assert [c[0] for c in scan] == sorted(c[0] for c in scan)  # retriever order
+        accepted = rec.trajectory[step + 1] if step + 1 < len(rec.trajectory) else None
+        if accepted is not None:
+            chosen = accepted["ids"][-1]
+            row = next(c for c in scan if c[0] == chosen)
+            assert row[1] == accepted["primary"] and max(c[1] for c in scan) == accepted["primary"]
+    assert SilverSequence.from_dict(rec.to_dict()).scanned == rec.scanned
