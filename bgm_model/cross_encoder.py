@@ -116,6 +116,74 @@ class CrossEncoder:
         self.model.eval()
         return losses
 
+    def fit_listwise(
+        self,
+        questions: Sequence[str],
+        passage_lists: Sequence[Sequence[str]],
+        labels: Sequence[Sequence[float]],
+        *,
+        epochs: int = 3,
+        learning_rate: float = 2e-5,
+        questions_per_batch: int = 4,
+        warmup_ratio: float = 0.1,
+        seed: int = 0,
+    ) -> list[float]:
+        """Train as a reranker: per question, softmax cross-entropy of the scores of its candidates against
+        the labels normalised to a distribution (gold passages share the mass). Returns epoch losses.
+
+        Listwise training compares each question's candidates with each other, the way the reranker is
+        used; with few labelled questions it holds up far better than independent binary labels. Questions
+        whose candidates carry no positive label teach nothing here and are skipped (logged).
+        """
+        if not (len(questions) == len(passage_lists) == len(labels)):
+            raise ValueError("questions, passage_lists and labels must have the same length")
+        groups = []
+        for q, ps, ys in zip(questions, passage_lists, labels, strict=True):
+            if len(ps) != len(ys):
+                raise ValueError(f"question {q!r}: {len(ps)} passages but {len(ys)} labels")
+            if len(ps) > 1 and sum(ys) > 0:
+                groups.append((q, list(ps), [float(y) for y in ys]))
+        if not groups:
+            raise ValueError("CrossEncoder.fit_listwise needs questions with several candidates and a positive label")
+        if len(groups) < len(questions):
+            logger.info("cross-encoder: %d of %d questions have no positive candidate; skipped",
+                        len(questions) - len(groups), len(questions))
+        rng = random.Random(seed)
+        torch.manual_seed(seed)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, weight_decay=0.01)
+        steps = epochs * -(-len(groups) // questions_per_batch)
+        warmup = max(1, int(warmup_ratio * steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: min((i + 1) / warmup, max(0.0, (steps - i) / max(1, steps - warmup)))
+        )
+        order = list(range(len(groups)))
+        losses = []
+        self.model.train()
+        for epoch in range(epochs):
+            rng.shuffle(order)
+            total = 0.0
+            for start in range(0, len(order), questions_per_batch):
+                batch = [groups[i] for i in order[start : start + questions_per_batch]]
+                rows = self._rows([q for q, ps, _ in batch for _ in ps], [p for _, ps, _ in batch for p in ps])
+                logits = self.model(**rows).logits[:, 0].float()
+                loss = logits.new_zeros(())
+                offset = 0
+                for _, ps, ys in batch:
+                    target = torch.tensor(ys, device=self.device)
+                    logp = torch.log_softmax(logits[offset : offset + len(ps)], dim=0)
+                    loss = loss - (target / target.sum() * logp).sum()
+                    offset += len(ps)
+                loss = loss / len(batch)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(batch)
+            losses.append(total / len(groups))
+            logger.info("cross-encoder epoch %d: listwise loss %.4f", epoch + 1, losses[-1])
+        self.model.eval()
+        return losses
+
     def save_pretrained(self, path: str | Path) -> Path:
         path = Path(path)
         self.model.save_pretrained(path)

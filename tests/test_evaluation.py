@@ -135,3 +135,23 @@ def test_cross_encoder_learns_gold_labels() -> None:
     assert hits_after >= 12 and hits_after > hits_before
     with pytest.raises(ValueError, match="both labels"):
         ce.fit([("q", "p", 1.0)])
+
+
+def test_cross_encoder_listwise_training_ranks_the_gold_passage_first() -> None:
+    from bgm_model.cross_encoder import CrossEncoder
+
+    examples = make_toy_examples(16, n_passages=4, seed=7)
+    labels = [[float(i == toy_key_index(ex)) for i in range(len(ex.passages))] for ex in examples]
+    ce = CrossEncoder(max_length=64)
+    questions, passages = [e.question for e in examples], [e.passages for e in examples]
+    before = ce.rerank_batch(questions, passages)
+    losses = ce.fit_listwise(questions, passages, labels, epochs=3, learning_rate=5e-5)
+    after = ce.rerank_batch(questions, passages)
+    hits_before = sum(order[0] == toy_key_index(ex) for order, ex in zip(before, examples))
+    hits_after = sum(order[0] == toy_key_index(ex) for order, ex in zip(after, examples))
+    assert losses[-1] < losses[0]
+    assert hits_after >= 12 and hits_after > hits_before
+    with pytest.raises(ValueError, match="positive label"):
+        ce.fit_listwise(["q"], [["a", "b"]], [[0.0, 0.0]])
+    with pytest.raises(ValueError, match="2 passages but 1 labels"):
+        ce.fit_listwise(["q"], [["a", "b"]], [[1.0]])
