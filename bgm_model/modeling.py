@@ -179,6 +179,40 @@ class BridgeModel(nn.Module):
                 return int(getattr(config, name))
         return None
 
+    def freeze_encoder_layers(self, n: int) -> int:
+        """Stop training the encoder's embeddings and its first ``n`` layers; returns the parameters frozen.
+
+        With a few hundred silver sequences, the lower layers of a pretrained encoder are better kept as
+        they are, and a frozen bottom also needs no backward pass (a training step costs ~40% less with 4 of
+        MiniLM's 6 layers frozen). Embeddings shared with the decoder (T5, BART) stay trainable: the decoder
+        emits the ID tokens through them. ``n=0`` changes nothing.
+        """
+        encoder = self.model.get_encoder()
+        layers = next(
+            (getattr(m, name) for m in (encoder, getattr(encoder, "encoder", None)) if m is not None
+             for name in ("layer", "block", "layers") if isinstance(getattr(m, name, None), nn.ModuleList)),
+            None,
+        )
+        if layers is None:
+            raise BridgeError(f"cannot find the layers of a {type(encoder).__name__} encoder to freeze")
+        if not 0 <= n <= len(layers):
+            raise ValueError(f"freeze_encoder_layers: n must be in [0, {len(layers)}], got {n}")
+        if n == 0:
+            return 0
+        modules: list[nn.Module] = list(layers[:n])
+        embeddings = getattr(encoder, "embeddings", None)  # BERT-style: word + position + LayerNorm
+        if embeddings is None and encoder.get_input_embeddings() is not self.model.get_decoder().get_input_embeddings():
+            embeddings = encoder.get_input_embeddings()
+        if embeddings is not None:
+            modules.append(embeddings)
+        frozen = 0
+        for module in modules:
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.requires_grad_(False)
+                    frozen += p.numel()
+        return frozen
+
     @property
     def device(self) -> torch.device:
         return self._action_token_ids.device
@@ -565,11 +599,16 @@ class BridgeModel(nn.Module):
         queries: Sequence[str],
         passages_per_query: Sequence[Sequence[str]],
         id_sequences: Sequence[Sequence[int]],
+        *,
+        return_distribution: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced per-step log-probabilities of ``id_sequences`` (see :meth:`step_log_probs`).
+        """Teacher-forced per-step log-probabilities of ``id_sequences`` (see :meth:`step_log_probs`), or with
+        ``return_distribution`` the whole distribution at each step (see :meth:`action_log_probs`).
 
         ``forward`` so that a wrapped module (DDP under ``accelerate``) syncs gradients.
         """
+        if return_distribution:
+            return self.action_log_probs(queries, passages_per_query, id_sequences)
         return self.step_log_probs(queries, passages_per_query, id_sequences)
 
     def step_log_probs(
@@ -583,6 +622,32 @@ class BridgeModel(nn.Module):
         Returns ``(log_probs, mask)`` of shape (B, T+1) where T is the longest target; ``mask`` marks real
         steps. Uses the same constrained distribution as decoding, so SL and RL train what inference runs.
         """
+        actions, dist, mask = self._teacher_forced(queries, passages_per_query, id_sequences)
+        chosen = dist.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        return chosen.masked_fill(~mask, 0.0), mask
+
+    def action_log_probs(
+        self,
+        queries: Sequence[str],
+        passages_per_query: Sequence[Sequence[str]],
+        id_sequences: Sequence[Sequence[int]],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole constrained distribution at each teacher-forced step (with gradients).
+
+        Returns ``(log_probs, mask)``: log_probs (B, T+1, K+1) over the K passage IDs then the end action
+        (``-inf`` where an action is not allowed), after feeding the first ``t`` IDs of each target; ``mask``
+        (B, T+1) marks real steps. For training against soft targets (a distribution per step).
+        """
+        _, dist, mask = self._teacher_forced(queries, passages_per_query, id_sequences)
+        return dist, mask
+
+    def _teacher_forced(
+        self,
+        queries: Sequence[str],
+        passages_per_query: Sequence[Sequence[str]],
+        id_sequences: Sequence[Sequence[int]],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(target actions (B, T+1), log-probabilities (B, T+1, K+1), mask (B, T+1)) of teacher forcing."""
         if not (len(queries) == len(passages_per_query) == len(id_sequences)):
             raise ValueError("queries, passages_per_query and id_sequences must have the same length")
         checked = [self._check_inputs(q, ps) for q, ps in zip(queries, passages_per_query)]
@@ -612,8 +677,7 @@ class BridgeModel(nn.Module):
         counts = torch.cumsum(emitted, dim=1) - emitted  # counts *before* each step
         forced = (torch.arange(steps, device=self.device) == cfg.max_output_length).expand(len(queries), steps)
         lp = self._action_log_probs(logits, counts, enc.n_passages.unsqueeze(-1), forced)
-        chosen = lp.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        return chosen.masked_fill(~mask, 0.0), mask
+        return actions, lp, mask
 
     def sequence_log_probs(
         self,

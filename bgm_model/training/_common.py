@@ -86,6 +86,8 @@ class TrainExample:
     passages: list[str]
     answers: list[str]
     ids: list[int] | None = None
+    #: Soft SL targets, one ``{action: probability}`` per step (action -1 = end); see ``step_targets``.
+    targets: list[dict[int, float]] | None = None
 
 
 def _get(item: Any, name: str, default: Any = None) -> Any:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -76,6 +77,7 @@ __all__ = [
     "SynthesisStats",
     "read_silver",
     "silver_ids",
+    "step_targets",
     "synthesize",
     "synthesize_one",
     "synthesize_to_file",
@@ -158,6 +160,48 @@ class SilverSequence:
     def passages_in_order(self) -> list[str]:
         """The silver sequence as passage texts (what the reader is shown)."""
         return [self.passages[i] for i in self.ids]
+
+
+#: The action "stop here" in :func:`step_targets` (the bridge's end token).
+END = -1
+
+
+def step_targets(
+    record: SilverSequence, *, temperature: float = 0.2, secondary_weight: float = 0.1
+) -> list[dict[int, float]]:
+    """Soft supervised targets from everything the search evaluated, one distribution per decoding step.
+
+    Step ``t`` is the decision after the first ``t`` silver IDs. Every extension the search scanned there
+    and stopping (:data:`END`, valued as the sequence so far) get probability proportional to
+    ``exp(value / temperature)`` with ``value = primary + secondary_weight * secondary``; candidates the search
+    did not try there get none. A step the search never scanned (it stopped because the reward was at its
+    maximum or the sequence at ``max_length``) gets :data:`END` with probability 1. A small ``temperature`` approaches the hard silver sequence (up to
+    its tie rule); a larger one also teaches which passages come close, ten outcomes per step instead of one.
+    Steps without a scan (a record written before ``scanned`` existed) get the silver decision itself.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+    def value(primary: float, secondary: float | None) -> float:
+        return primary + secondary_weight * (secondary if secondary is not None else 0.0)
+
+    targets: list[dict[int, float]] = []
+    for t in range(len(record.ids) + 1):
+        silver = record.ids[t] if t < len(record.ids) else END
+        scan = record.scanned[t] if t < len(record.scanned) and t < len(record.trajectory) else None
+        values = {int(i): value(p, q) for i, p, q in scan or ()}
+        if scan:
+            state = record.trajectory[t]
+            values[END] = value(state["primary"], state["secondary"])
+        finite = {a: v for a, v in values.items() if math.isfinite(v)}
+        if not finite:  # not scanned (or nothing scored): the silver decision itself
+            targets.append({silver: 1.0})
+            continue
+        top = max(finite.values())
+        weights = {a: math.exp((v - top) / temperature) for a, v in finite.items()}
+        total = sum(weights.values())
+        targets.append({a: w / total for a, w in weights.items() if w / total > 1e-6})
+    return targets
 
 
 @dataclass

@@ -52,6 +52,27 @@ class SLConfig(TrainConfigMixin):
             "of the batch (longer targets weigh more)."
         },
     )
+    soft_target_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight in [0, 1] of the soft-target loss: cross-entropy at each step against the "
+            "distribution step_targets() builds from every extension the silver search scored (needs silver "
+            "records with 'scanned'); the hard silver sequence gets 1 - weight. 0: the paper's SL."
+        },
+    )
+    soft_target_temperature: float = field(
+        default=0.2, metadata={"help": "Temperature of the soft targets (smaller: closer to the hard sequence)."}
+    )
+    soft_target_secondary_weight: float = field(
+        default=0.1,
+        metadata={"help": "Weight of the search's dense secondary score (e.g. gold log-likelihood) in a soft "
+                  "target's value, next to the primary reward."},
+    )
+    freeze_encoder_layers: int = field(
+        default=0,
+        metadata={"help": "Keep the encoder's embeddings and its first N layers fixed (0: train everything). "
+                  "Fewer trained weights for small silver sets, and no backward pass through them."},
+    )
     seed: int = field(
         default=42,
         metadata={"help": "Seed of initialisation-free randomness: dev split, data order, dropout."},
@@ -115,6 +136,10 @@ class SLConfig(TrainConfigMixin):
             "max_eval_examples",
             allow_zero=True,
         )
+        if not 0 <= self.soft_target_weight <= 1:
+            raise ValueError(f"SLConfig.soft_target_weight must be in [0, 1], got {self.soft_target_weight}")
+        check_positive(self, "soft_target_temperature")
+        check_positive(self, "soft_target_secondary_weight", "freeze_encoder_layers", allow_zero=True)
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"SLConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.dev_fraction < 1:

@@ -22,6 +22,7 @@ Output directory::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -76,6 +77,32 @@ class SLResult:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
 
 
+def soft_step_log_probs(
+    dist: torch.Tensor, mask: torch.Tensor, batch: Sequence[TrainExample], soft_weight: float
+) -> torch.Tensor:
+    """Per-step training signal (B, T+1) mixing the hard target's log-probability (weight ``1 - soft_weight``)
+    with minus the cross-entropy against each step's soft target (``soft_weight``); examples without soft
+    targets use the hard target alone. Target mass on actions the bridge cannot take there is dropped."""
+    end = dist.shape[-1] - 1
+    hard = torch.zeros_like(dist)
+    soft = torch.zeros_like(dist)
+    for b, ex in enumerate(batch):
+        ids = ex.ids or []
+        for t in range(len(ids) + 1):
+            hard[b, t, ids[t] if t < len(ids) else end] = 1.0
+            for action, p in (ex.targets[t] if ex.targets else {}).items():
+                soft[b, t, end if action < 0 else action] = p
+    allowed = torch.isfinite(dist)
+    soft = soft * allowed
+    total = soft.sum(-1, keepdim=True)
+    has_soft = total.squeeze(-1) > 0
+    soft = torch.where(total > 0, soft / total.clamp_min(1e-12), hard)
+    weight = torch.where(has_soft, soft_weight, 0.0).unsqueeze(-1)
+    target = (1 - weight) * hard + weight * soft
+    safe = torch.where(allowed, dist, torch.zeros_like(dist))  # 0 * -inf would be nan
+    return (target * safe).sum(-1).masked_fill(~mask, 0.0)
+
+
 class SLTrainer:
     """Teacher-forcing trainer for a :class:`~bgm_model.BridgeModel` on silver passage sequences.
 
@@ -113,6 +140,12 @@ class SLTrainer:
             self.dev_data = as_train_examples(dev_data, need_ids=reader is None, what="dev_data")
         check_fits(bridge, self.train_data, "train_data")
         check_fits(bridge, self.dev_data, "dev_data")
+        if self.config.soft_target_weight > 0:
+            self.train_data = self._with_soft_targets(train_data, self.train_data)
+        if self.config.freeze_encoder_layers:
+            frozen = bridge.freeze_encoder_layers(self.config.freeze_encoder_layers)
+            logger.info("SL: froze the encoder's embeddings and first %d layers (%d parameters)",
+                        self.config.freeze_encoder_layers, frozen)
         self.reader = reader
         if reader is not None:
             from bgm_model.rewards import get_reward
@@ -130,10 +163,42 @@ class SLTrainer:
         if self.accelerator.is_main_process:
             logger.info(msg, *args)
 
+    def _with_soft_targets(self, raw: Sequence[Any], examples: list[TrainExample]) -> list[TrainExample]:
+        """Attach ``step_targets`` to the training examples whose silver record has search scans."""
+        from .silver import SilverSequence, step_targets
+
+        records = {}
+        for item in raw:
+            rec = item if isinstance(item, SilverSequence) else None
+            if rec is None and isinstance(item, dict) and "scanned" in item:
+                rec = SilverSequence.from_dict(item)
+            if rec is not None and rec.scanned:
+                records[str(rec.id)] = rec
+        cfg = self.config
+        out = [
+            dataclasses.replace(ex, targets=step_targets(
+                records[ex.id], temperature=cfg.soft_target_temperature,
+                secondary_weight=cfg.soft_target_secondary_weight,
+            )) if ex.id in records and records[ex.id].ids == ex.ids else ex
+            for ex in examples
+        ]
+        with_targets = sum(ex.targets is not None for ex in out)
+        if with_targets < len(out):
+            logger.warning("SL: soft targets for %d of %d training records (the others have no search scans; "
+                           "they train on their silver sequence alone)", with_targets, len(out))
+        return out
+
     def _loss(self, model: Any, batch: list[TrainExample]) -> torch.Tensor:
+        cfg = self.config
+        queries, passages, ids = [e.question for e in batch], [e.passages for e in batch], [e.ids for e in batch]
+        soft = cfg.soft_target_weight if any(e.targets for e in batch) else 0.0
         with self.accelerator.autocast():
-            lp, mask = model([e.question for e in batch], [e.passages for e in batch], [e.ids for e in batch])
-        if self.config.loss_reduction == "token":
+            if not soft:
+                lp, mask = model(queries, passages, ids)
+            else:
+                dist, mask = model(queries, passages, ids, return_distribution=True)
+                lp = soft_step_log_probs(dist, mask, batch, soft)
+        if cfg.loss_reduction == "token":
             return -lp.sum() / mask.sum()
         return -lp.sum(-1).mean()
 

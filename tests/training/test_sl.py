@@ -251,3 +251,84 @@ def test_sl_reaches_the_toy_optimum_on_held_out_queries(tmp_path):
     answers = ToyReader(cache=False).answer_batch([e.question for e in held_out],
                                                   [[e.passages[i] for i in r.ids] for r, e in zip(results, held_out)])
     assert sum(a == e.answers[0] for a, e in zip(answers, held_out)) / len(held_out) >= 0.9
+
+
+# ------------------------------------------------------------------------------------------------ soft targets
+def _searched(examples, reader):
+    from bgm_model.training.silver import SilverConfig, synthesize_one
+
+    return [synthesize_one(e, reader, reward="em", config=SilverConfig(top_m=None)) for e in examples]
+
+
+def test_step_targets_follow_the_search_scores():
+    from bgm_model.training.silver import END, SilverSequence, step_targets
+
+    rec = SilverSequence(
+        id="q", question="q?", passages=["a", "b", "c"], answers=["x"], ids=[1], answer="x", score=1.0,
+        secondary_score=-0.5, stop_reason="no_improvement", reward="em", secondary="loglik", reader_calls=0,
+        reader_batches=0, naive_reader_calls=0,
+        trajectory=[{"ids": [], "primary": 0.0, "secondary": -3.0}, {"ids": [1], "primary": 1.0, "secondary": -0.5}],
+        scanned=[[[0, 0.0, -2.0], [1, 1.0, -0.5], [2, 1.0, -0.5]], [[0, 0.0, -1.0], [1, 1.0, -0.7]]],
+    )
+    first, second = step_targets(rec, temperature=0.2, secondary_weight=0.1)
+    assert sum(first.values()) == pytest.approx(1.0) and sum(second.values()) == pytest.approx(1.0)
+    assert first[1] == pytest.approx(first[2]) and first[1] > 0.49  # two equally good passages share the mass
+    assert first[0] < 0.01 and first.get(END, 0.0) < 0.01  # wrong answers and stopping early get little
+    assert second[END] > second[1] > second[0]  # repeating costs likelihood, so stopping is the better target
+    hard = step_targets(rec, temperature=1e-3)
+    assert max(hard[1], key=hard[1].get) == END
+    # A record without scans trains on its own silver decisions.
+    plain = SilverSequence.from_dict({**rec.to_dict(), "scanned": []})
+    assert step_targets(plain) == [{1: 1.0}, {END: 1.0}]
+    with pytest.raises(ValueError, match="temperature"):
+        step_targets(rec, temperature=0)
+
+
+def test_soft_loss_with_weight_zero_is_the_hard_loss(tiny_make_bridge):
+    from bgm_model.training._common import TrainExample
+    from bgm_model.training.sl_trainer import soft_step_log_probs
+
+    bridge = tiny_make_bridge(dropout=0.0)
+    batch = [TrainExample("a", "q one?", ["p0", "p1", "p2"], [], [2, 0], [{2: 0.5, 1: 0.5}, {0: 1.0}, {-1: 1.0}]),
+             TrainExample("b", "q two?", ["p0", "p1"], [], [], None)]
+    queries, passages, ids = [e.question for e in batch], [e.passages for e in batch], [e.ids for e in batch]
+    hard, mask = bridge.step_log_probs(queries, passages, ids)
+    dist, dist_mask = bridge.action_log_probs(queries, passages, ids)
+    assert torch.equal(mask, dist_mask)
+    assert torch.allclose(soft_step_log_probs(dist, mask, batch, 0.0), hard)
+    soft = soft_step_log_probs(dist, mask, batch, 1.0)
+    assert soft[0, 0].item() == pytest.approx(0.5 * (dist[0, 0, 2] + dist[0, 0, 1]).item(), abs=1e-6)
+    assert torch.allclose(soft[1], hard[1])  # no soft targets: hard alone
+    assert torch.isfinite(soft).all()
+
+
+def test_sl_with_soft_targets_learns_the_toy_optimum(tiny_make_bridge, tmp_path):
+    examples = make_toy_examples(12, n_passages=3, seed=5)
+    records = _searched(examples, ToyReader())
+    assert all(r.scanned for r in records)
+    bridge = tiny_make_bridge(dropout=0.0)
+    cfg = SLConfig(output_dir=str(tmp_path), learning_rate=1e-2, num_epochs=60, batch_size=12, warmup_ratio=0.0,
+                   weight_decay=0.0, dev_fraction=0.0, soft_target_weight=1.0, soft_target_temperature=0.1)
+    trainer = SLTrainer(bridge, cfg, records)
+    assert all(ex.targets is not None for ex in trainer.train_data)
+    trainer.train()
+    outs = bridge.bridge_batch([e.question for e in examples], [e.passages for e in examples])
+    assert sum(o.ids == toy_optimal_ids(e) for o, e in zip(outs, examples)) / len(examples) >= 0.9
+
+
+def test_freezing_encoder_layers_keeps_them_fixed(tiny_make_bridge, tiny_silver_records, tmp_path):
+    records = tiny_silver_records(make_toy_examples(6, n_passages=3, seed=9), toy_optimal_ids)
+    bridge = tiny_make_bridge(dropout=0.0)
+    before = _params(bridge)
+    cfg = SLConfig(output_dir=str(tmp_path), learning_rate=1e-2, num_epochs=2, batch_size=3, dev_fraction=0.0,
+                   freeze_encoder_layers=1)
+    SLTrainer(bridge, cfg, records).train()
+    after = bridge.state_dict()
+    changed = {k for k, v in after.items() if not torch.equal(before[k], v)}
+    assert not any(k.startswith(("model.encoder.embeddings.", "model.encoder.encoder.layer.0.")) for k in changed)
+    assert any(k.startswith("model.encoder.encoder.layer.1.") for k in changed)
+    assert any(k.startswith("model.decoder.") for k in changed)
+    with pytest.raises(ValueError, match=r"n must be in \[0, 2\]"):
+        tiny_make_bridge().freeze_encoder_layers(3)
+    with pytest.raises(ValueError, match="soft_target_weight"):
+        SLConfig(soft_target_weight=1.5)
