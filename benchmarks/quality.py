@@ -88,29 +88,26 @@ def split_off_dev(examples: list[QAExample], args: argparse.Namespace) -> tuple[
     return shuffled[:cut][: args.train_questions], shuffled[cut:][: args.dev_questions]
 
 
-def gold_pairs(examples: list[QAExample]) -> list[tuple[str, str, float]]:
-    """(question, passage, 1.0 if a gold passage else 0.0) for the cross-encoder baseline."""
-    return [
-        (ex.question, passage, float(is_gold))
-        for ex in examples if ex.gold is not None
-        for passage, is_gold in zip(ex.passages, ex.gold, strict=True)
-    ]
-
-
 def train_cross_encoder(train: list[QAExample], work: Path, args: argparse.Namespace) -> Any:
+    """The supervised reranker baseline: MiniLM cross-encoder trained listwise on the gold-passage labels."""
     from bgm_model.cross_encoder import CrossEncoder
 
     folder = work / "cross_encoder"
-    stamp = {"questions": sorted(ex.id for ex in train), "epochs": args.ce_epochs, "seed": args.seed}
+    stamp = {"questions": sorted(ex.id for ex in train), "epochs": args.ce_epochs, "lr": args.ce_learning_rate,
+             "loss": "listwise", "seed": args.seed}
     if (folder / "bgm_stamp.json").exists() and json.loads((folder / "bgm_stamp.json").read_text()) == stamp:
         logger.info("reusing the cross-encoder in %s", folder)
         return CrossEncoder(folder)
-    pairs = gold_pairs(train)
-    if not pairs:
-        logger.warning("no gold-passage labels in the training data: the cross-encoder baseline is skipped")
+    labelled = [ex for ex in train if ex.gold is not None and any(ex.gold)]
+    if not labelled:
+        logger.warning("no gold passage among the training candidates: the cross-encoder baseline is skipped")
         return None
+    logger.info("cross-encoder: %d of %d training questions have a gold passage among their candidates",
+                len(labelled), len(train))
     encoder = CrossEncoder()
-    encoder.fit(pairs, epochs=args.ce_epochs, seed=args.seed)
+    encoder.fit_listwise([ex.question for ex in labelled], [ex.passages for ex in labelled],
+                         [[float(g) for g in ex.gold] for ex in labelled],  # type: ignore[union-attr]
+                         epochs=args.ce_epochs, learning_rate=args.ce_learning_rate, seed=args.seed)
     encoder.save_pretrained(folder)
     (folder / "bgm_stamp.json").write_text(json.dumps(stamp))
     return encoder
@@ -237,13 +234,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metric", default="contains", choices=["em", "f1", "contains"],
                    help="metric that chooses the best heuristic and is checked against the targets")
     p.add_argument("--no-oracle", action="store_true", help="skip the SPS oracle on the dev questions")
-    p.add_argument("--ce-epochs", type=int, default=2, help="cross-encoder training epochs")
+    p.add_argument("--ce-epochs", type=int, default=3, help="cross-encoder training epochs")
+    p.add_argument("--ce-learning-rate", type=float, default=2e-5, help="cross-encoder learning rate")
     p.add_argument("--reward", default=defaults.reward, help="reward of SPS and RL")
     p.add_argument("--silver-max-length", type=int, default=defaults.silver_max_length)
     p.add_argument("--silver-top-m", type=int, default=defaults.silver_top_m)
     p.add_argument("--max-passage-tokens", type=int, default=defaults.max_passage_tokens)
     p.add_argument("--sl-epochs", type=int, default=6)
     p.add_argument("--sl-learning-rate", type=float, default=defaults.sl_learning_rate)
+    p.add_argument("--sl-soft-target-weight", type=float, default=defaults.sl_soft_target_weight,
+                   help="weight of the soft step targets from the search's scans (0: hard silver sequences)")
+    p.add_argument("--freeze-encoder-layers", type=int, default=defaults.freeze_encoder_layers,
+                   help="encoder layers (from the bottom, with the embeddings) kept fixed in SL and RL")
     p.add_argument("--rl-steps", type=int, default=8)
     p.add_argument("--rl-samples", type=int, default=defaults.rl_samples)
     p.add_argument("--rl-batch-size", type=int, default=defaults.rl_batch_size)
@@ -292,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = BridgeRecipe(
         reward=args.reward, silver_max_length=args.silver_max_length, silver_top_m=args.silver_top_m,
         max_passage_tokens=args.max_passage_tokens, sl_epochs=args.sl_epochs,
-        sl_learning_rate=args.sl_learning_rate, rl_steps=args.rl_steps, rl_samples=args.rl_samples,
+        sl_learning_rate=args.sl_learning_rate, sl_soft_target_weight=args.sl_soft_target_weight,
+        freeze_encoder_layers=args.freeze_encoder_layers, rl_steps=args.rl_steps, rl_samples=args.rl_samples,
         rl_batch_size=args.rl_batch_size, rl_learning_rate=args.rl_learning_rate, seed=args.seed,
     )
     trained = train_bridge(train, reader, work / "bgm", recipe, reuse=True)

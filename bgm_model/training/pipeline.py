@@ -42,6 +42,8 @@ class BridgeRecipe:
     sl_epochs: int = 8
     sl_learning_rate: float = 1e-4
     sl_batch_size: int = 8
+    sl_soft_target_weight: float = 0.0
+    freeze_encoder_layers: int = 0
     rl_steps: int = 4
     rl_samples: int = 4
     rl_batch_size: int = 6
@@ -131,7 +133,9 @@ def train_bridge(
     SLTrainer(
         bridge,
         SLConfig(output_dir=str(out / "sl"), num_epochs=recipe.sl_epochs, learning_rate=recipe.sl_learning_rate,
-                 batch_size=recipe.sl_batch_size, dev_fraction=0.0, resume=False, seed=recipe.seed),
+                 batch_size=recipe.sl_batch_size, dev_fraction=0.0, resume=False, seed=recipe.seed,
+                 soft_target_weight=recipe.sl_soft_target_weight,
+                 freeze_encoder_layers=recipe.freeze_encoder_layers),
         train_data=silver,
     ).train()
     bridge.save_pretrained(sl_dir)
@@ -143,7 +147,8 @@ def train_bridge(
             bridge,
             RLConfig(output_dir=str(out / "rl"), max_steps=recipe.rl_steps, num_samples=recipe.rl_samples,
                      batch_size=recipe.rl_batch_size, learning_rate=recipe.rl_learning_rate, dev_fraction=0.0,
-                     resume=False, seed=recipe.seed, reward=recipe.reward),
+                     resume=False, seed=recipe.seed, reward=recipe.reward,
+                     freeze_encoder_layers=recipe.freeze_encoder_layers),
             train_data=list(train_examples), reader=reader, reward=reward,
         ).train()
         bridge.save_pretrained(rl_dir)

@@ -78,6 +78,11 @@ class RLConfig(TrainConfigMixin):
         default=0.0, metadata={"help": "AdamW weight decay (not on biases/LayerNorm)."}
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clipping; 0 disables it."})
+    freeze_encoder_layers: int = field(
+        default=0,
+        metadata={"help": "Keep the encoder's embeddings and its first N layers fixed (0: train everything); "
+                  "use the SL stage's value."},
+    )
     seed: int = field(default=42, metadata={"help": "Seed of the dev split, query order and sampling."})
     dev_fraction: float = field(
         default=0.0,
@@ -127,6 +132,7 @@ class RLConfig(TrainConfigMixin):
         check_positive(
             self,
             "max_steps",
+            "freeze_encoder_layers",
             "kl_coef",
             "weight_decay",
             "max_grad_norm",

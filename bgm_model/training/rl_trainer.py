@@ -179,6 +179,8 @@ class RLTrainer:
             ]
         check_fits(bridge, self.train_data, "train_data")
         check_fits(bridge, self.dev_data, "dev_data")
+        if self.config.freeze_encoder_layers:
+            bridge.freeze_encoder_layers(self.config.freeze_encoder_layers)
         self.ref_model: BridgeModel | None = None
         if self.config.kl_coef > 0:
             self.ref_model = ref_model if ref_model is not None else copy.deepcopy(bridge)
