@@ -119,8 +119,9 @@ def oracle_sequences(dev: list[QAExample], reader: Any, work: Path, recipe: Brid
     from bgm_model.training.silver import SilverConfig, read_silver, synthesize_to_file
 
     path = work / "oracle_silver.jsonl"
-    synthesize_to_file(dev, reader, path, reward=get_reward(recipe.reward),
-                       config=SilverConfig(max_length=recipe.silver_max_length, top_m=recipe.silver_top_m))
+    synthesize_to_file(dev, reader, path, reward=get_reward(recipe.reward), set_aside_mismatched=True,
+                       config=SilverConfig(max_length=recipe.silver_max_length, top_m=recipe.silver_top_m,
+                                           secondary_extends=recipe.silver_secondary_extends))
     wanted = {ex.id for ex in dev}
     return {s.id: s.ids for s in read_silver(path) if s.id in wanted}
 
@@ -239,6 +240,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reward", default=defaults.reward, help="reward of SPS and RL")
     p.add_argument("--silver-max-length", type=int, default=defaults.silver_max_length)
     p.add_argument("--silver-top-m", type=int, default=defaults.silver_top_m)
+    p.add_argument("--silver-secondary-extends", type=int, choices=[0, 1],
+                   default=int(defaults.silver_secondary_extends),
+                   help="1: a tie-breaker gain alone may add a passage after the first; 0: it must raise the reward")
     p.add_argument("--max-passage-tokens", type=int, default=defaults.max_passage_tokens)
     p.add_argument("--sl-epochs", type=int, default=6)
     p.add_argument("--sl-learning-rate", type=float, default=defaults.sl_learning_rate)
@@ -293,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("%s: %d train / %d dev questions, reader %s", name, len(train), len(dev), reader.name)
     recipe = BridgeRecipe(
         reward=args.reward, silver_max_length=args.silver_max_length, silver_top_m=args.silver_top_m,
+        silver_secondary_extends=bool(args.silver_secondary_extends),
         max_passage_tokens=args.max_passage_tokens, sl_epochs=args.sl_epochs,
         sl_learning_rate=args.sl_learning_rate, sl_soft_target_weight=args.sl_soft_target_weight,
         freeze_encoder_layers=args.freeze_encoder_layers, rl_steps=args.rl_steps, rl_samples=args.rl_samples,

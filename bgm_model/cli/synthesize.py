@@ -18,7 +18,7 @@ from typing import Any
 from bgm_model.cli.common import add_reader_arguments, build_reader
 from bgm_model.data import QAExample, examples_from_traces, load_examples
 from bgm_model.rewards import available_rewards, get_reward
-from bgm_model.training.silver import SilverConfig, synthesize_to_file
+from bgm_model.training.silver import SilverConfig, SilverSettingsError, synthesize_to_file
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,12 @@ def register(subparsers: Any) -> None:
         help="keep searching after the primary reward reaches its maximum",
     )
     p.add_argument(
+        "--no-secondary-extends",
+        action="store_true",
+        help="a passage after the first must raise the primary reward (a tie-breaker gain alone does not "
+        "lengthen the sequence)",
+    )
+    p.add_argument(
         "--naive",
         action="store_true",
         help="plain greedy: no batching, dedupe, pruning or early stop (to measure the savings)",
@@ -122,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     secondary: Any = None if args.secondary.lower() == "none" else args.secondary
     if secondary not in (None, "auto"):
         get_reward(secondary)
-    overrides = dict(max_length=args.max_length, max_repeats=args.max_repeats, secondary=secondary)
+    overrides = dict(max_length=args.max_length, max_repeats=args.max_repeats, secondary=secondary,
+                     secondary_extends=not args.no_secondary_extends)
     if args.naive:
         config = SilverConfig.naive(**overrides)
     else:
@@ -130,7 +137,11 @@ def run(args: argparse.Namespace) -> int:
     examples = _load_examples(args)
     logger.info("%d questions from %s", len(examples), args.input)
     reader = build_reader(args)
-    stats = synthesize_to_file(examples, reader, args.output, reward=reward, config=config)
+    try:
+        stats = synthesize_to_file(examples, reader, args.output, reward=reward, config=config)
+    except SilverSettingsError as e:
+        logger.error("%s", e)
+        return 2
     logger.info(
         "done: %d written, %d already in %s, %d without answers; %d reader calls (naive greedy %d)",
         stats.written,

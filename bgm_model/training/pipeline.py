@@ -37,6 +37,7 @@ class BridgeRecipe:
     reward: str = "contains+0.5*f1"
     silver_max_length: int = 2
     silver_top_m: int | None = 4
+    silver_secondary_extends: bool = True
     max_passages: int = 16
     max_passage_tokens: int = 96
     sl_epochs: int = 8
@@ -103,8 +104,9 @@ def train_bridge(
     t = time.perf_counter()
     silver_path = out / "silver.jsonl"
     stats = synthesize_to_file(
-        train_examples, reader, silver_path, reward=reward,
-        config=SilverConfig(max_length=recipe.silver_max_length, top_m=recipe.silver_top_m),
+        train_examples, reader, silver_path, reward=reward, set_aside_mismatched=True,
+        config=SilverConfig(max_length=recipe.silver_max_length, top_m=recipe.silver_top_m,
+                            secondary_extends=recipe.silver_secondary_extends),
     )
     wanted = {ex.id for ex in train_examples}
     silver = [s for s in read_silver(silver_path) if s.id in wanted]

@@ -6,7 +6,8 @@ candidates ``c_0 .. c_{n-1}`` (retriever order):
 1. Start from the empty sequence and score it (no passages is a valid, sometimes best, target).
 2. At each step, try appending every candidate that has been used fewer than ``max_repeats`` times (repeats
    are allowed: readers weigh a passage seen twice more, and the bridge may output an id twice).
-3. Keep the best extension if it *improves* on the current sequence; otherwise stop. Also stop at
+3. Keep the best extension if it *improves* on the current sequence (with ``secondary_extends=False``, a
+   passage after the first must improve the primary reward itself); otherwise stop. Also stop at
    ``max_length`` passages or (by default) as soon as the primary reward reaches its maximum.
 
 **Scores and the tie rule.** Every sequence gets a pair ``(primary, secondary)``: ``primary`` is the reward
@@ -74,6 +75,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SilverConfig",
     "SilverSequence",
+    "SilverSettingsError",
     "SynthesisStats",
     "read_silver",
     "silver_ids",
@@ -103,6 +105,12 @@ class SilverConfig:
     )
     stop_at_max: bool = field(
         default=True, metadata={"help": "stop once the primary reward is at its maximum"}
+    )
+    secondary_extends: bool = field(
+        default=True,
+        metadata={"help": "whether a secondary gain alone (primary tied) may lengthen a non-empty sequence; "
+                  "False: later passages must raise the primary reward (the first may always come from the "
+                  "secondary, a best effort where no passage yields a correct answer)"},
     )
     batch: bool = field(default=True, metadata={"help": "one reader call per step instead of one per prompt"})
     dedupe: bool = field(default=True, metadata={"help": "evaluate identical prompts once per question"})
@@ -366,7 +374,9 @@ class _Search:
                         best_i, best = i, r
                 if step == 1 and cfg.top_m is not None and cfg.top_m < len(candidates):
                     pool = self._top_m(candidates, results, cfg.top_m)
-                if not _beats(best, current, cfg.min_gain):
+                if not _beats(best, current, cfg.min_gain) or (
+                    state and not cfg.secondary_extends and best.primary <= current.primary + _EPS
+                ):
                     stop = "no_improvement"
                     break
                 state, current = state + (best_i,), best
@@ -528,6 +538,42 @@ def silver_ids(path: str | os.PathLike[str]) -> set[str]:
     return {str(d["id"]) for d in _iter_records(path)} if path.exists() else set()
 
 
+class SilverSettingsError(ValueError):
+    """A silver file was made with other search settings than the ones asked for."""
+
+
+def settings_path(path: str | os.PathLike[str]) -> Path:
+    """Where the search settings of the silver file ``path`` are kept."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.settings.json")
+
+
+def _settings(reward: str | RewardFunc, config: SilverConfig) -> dict[str, Any]:
+    primary = get_reward(reward) if isinstance(reward, str) else reward
+    data = asdict(config)
+    secondary = data["secondary"]
+    data["secondary"] = secondary if secondary is None or isinstance(secondary, str) else reward_name(secondary)
+    return {"reward": reward_name(primary), **data}
+
+
+def _check_settings(path: Path, settings: dict[str, Any]) -> None:
+    sidecar = settings_path(path)
+    if sidecar.exists():
+        saved = json.loads(sidecar.read_text(encoding="utf-8"))
+        if saved != settings:
+            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            diff = ", ".join(f"{k}: {saved.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
+            raise SilverSettingsError(
+                f"{path} was made with other search settings ({diff}); resume it with those settings, or "
+                "write to another file"
+            )
+        return
+    if path.exists() and path.stat().st_size:
+        logger.warning("%s has no %s: assuming it was made with the current settings", path, sidecar.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sidecar.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def synthesize_to_file(
     examples: Iterable[QAExample],
     reader: Reader,
@@ -536,12 +582,37 @@ def synthesize_to_file(
     reward: str | RewardFunc = "em",
     config: SilverConfig | None = None,
     resume: bool = True,
+    set_aside_mismatched: bool = False,
     log_every: int = 10,
 ) -> SynthesisStats:
-    """Synthesize and append to ``path`` question by question, skipping ids already there if ``resume``."""
+    """Synthesize and append to ``path`` question by question, skipping ids already there if ``resume``.
+
+    The search settings (reward and :class:`SilverConfig`) are kept beside the file in
+    ``<stem>.settings.json``; resuming a file made with other settings raises :class:`SilverSettingsError`
+    rather than mixing two kinds of targets in one file (a file without one is assumed to match). With
+    ``set_aside_mismatched`` such a file is renamed to ``<stem>.<n>.jsonl`` (kept, with its settings) and a
+    new one is started: what a pipeline re-run with changed settings wants (the reader cache still has its
+    calls).
+    """
     path = Path(path)
     if path.exists() and not resume:
         raise FileExistsError(f"{path} exists; pass resume=True to continue it or choose another path")
+    config = config or SilverConfig()
+    settings = _settings(reward, config)
+    try:
+        _check_settings(path, settings)
+    except SilverSettingsError as e:
+        if not set_aside_mismatched:
+            raise
+        n = 1
+        while path.with_name(f"{path.stem}.{n}{path.suffix}").exists():
+            n += 1
+        aside = path.with_name(f"{path.stem}.{n}{path.suffix}")
+        if path.exists():
+            path.rename(aside)
+        settings_path(path).rename(settings_path(aside))
+        logger.warning("%s; moved it to %s and starting a new file", e, aside)
+        _check_settings(path, settings)
     examples = list(examples)
     done = silver_ids(path) if resume else set()
     stats = SynthesisStats(skipped_done=sum(1 for ex in examples if ex.id in done))

@@ -237,7 +237,11 @@ def test_cli_synthesizes_and_resumes(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     out = tmp_path / "silver.jsonl"
-    assert main(["synthesize", str(data), "-o", str(out), "--reader", "toy", "--limit", "2"]) == 0
+    assert main(["synthesize", str(data), "-o", str(out), "--reader", "toy", "--limit", "2",
+                 "--reward", "em+0.5*f1"]) == 0
+    # resuming with other search settings would mix two kinds of targets in one file: refused
+    assert main(["synthesize", str(data), "-o", str(out), "--reader", "toy", "--reward", "em"]) == 2
+    assert len(read_silver(out)) == 2
     assert main(["synthesize", str(data), "-o", str(out), "--reader", "toy", "--reward", "em+0.5*f1"]) == 0
     records = read_silver(out)
     assert [r.id for r in records] == [e.id for e in examples]
@@ -324,3 +328,37 @@ def test_scanned_records_every_extension_of_every_step() -> None:
             row = next(c for c in scan if c[0] == chosen)
             assert row[1] == accepted["primary"] and max(c[1] for c in scan) == accepted["primary"]
     assert SilverSequence.from_dict(rec.to_dict()).scanned == rec.scanned
+
+
+def test_without_secondary_extends_later_passages_must_raise_the_primary() -> None:
+    answers = {("k",): "gold", ("k", "m"): "gold answer extra", ("k", "k"): "gold"}
+    reader = FnReader(lambda ps: answers.get(ps, "no"))
+    ex = _example(["k", "m"])
+    loose = synthesize_one(ex, reader, reward="em", config=SilverConfig(top_m=None, secondary="f1"))
+    assert loose.ids == [0, 1]  # F1 0.67 -> 0.8 with EM still 0: the secondary alone lengthened it
+    strict = synthesize_one(ex, reader, reward="em",
+                            config=SilverConfig(top_m=None, secondary="f1", secondary_extends=False))
+    assert strict.ids == [0] and strict.stop_reason == "no_improvement"  # the first passage still comes from F1
+    solved = {("k",): "gold", ("k", "k"): "gold answer"}
+    again = synthesize_one(ex, FnReader(lambda ps: solved.get(ps, "no")), reward="em",
+                           config=SilverConfig(top_m=None, secondary="f1", secondary_extends=False))
+    assert again.ids == [0, 0]  # a primary gain still extends
+
+
+def test_resuming_a_file_made_with_other_settings_is_refused_or_set_aside(tmp_path: Path) -> None:
+    from bgm_model.training.silver import SilverSettingsError, settings_path
+
+    examples = make_toy_examples(3, n_passages=3, seed=0)
+    path = tmp_path / "silver.jsonl"
+    synthesize_to_file(examples[:2], ToyReader(), path, reward="em")
+    assert json.loads(settings_path(path).read_text())["reward"] == "em"
+    synthesize_to_file(examples, ToyReader(), path, reward="em")  # same settings: resumes
+    assert len(read_silver(path)) == 3
+    with pytest.raises(SilverSettingsError, match=r"max_length: 5 there, 2 now"):
+        synthesize_to_file(examples, ToyReader(), path, reward="em", config=SilverConfig(max_length=2))
+    assert len(read_silver(path)) == 3  # nothing written
+    stats = synthesize_to_file(examples, ToyReader(), path, reward="em", config=SilverConfig(max_length=2),
+                               set_aside_mismatched=True)
+    assert stats.written == 3 and len(read_silver(tmp_path / "silver.1.jsonl")) == 3  # the old file is kept
+    assert json.loads(settings_path(tmp_path / "silver.1.jsonl").read_text())["max_length"] == 5
+    assert json.loads(settings_path(path).read_text())["max_length"] == 2
