@@ -113,7 +113,7 @@ def train_cross_encoder(train: list[QAExample], work: Path, args: argparse.Names
     return encoder
 
 
-def oracle_sequences(dev: list[QAExample], reader: Any, work: Path, recipe: BridgeRecipe) -> dict[str, list[int]]:
+def oracle_sequences(dev: list[QAExample], reader: Any, work: Path, recipe: BridgeRecipe) -> list[Any]:
     """Silver sequences of the dev questions: greedy search with their gold answers (an upper bound)."""
     from bgm_model.rewards import get_reward
     from bgm_model.training.silver import SilverConfig, read_silver, synthesize_to_file
@@ -123,7 +123,33 @@ def oracle_sequences(dev: list[QAExample], reader: Any, work: Path, recipe: Brid
                        config=SilverConfig(max_length=recipe.silver_max_length, top_m=recipe.silver_top_m,
                                            secondary_extends=recipe.silver_secondary_extends))
     wanted = {ex.id for ex in dev}
-    return {s.id: s.ids for s in read_silver(path) if s.id in wanted}
+    return [s for s in read_silver(path) if s.id in wanted]
+
+
+def ceiling(dev: list[QAExample], oracle: list[Any], threshold: float = 1.0) -> dict[str, Any]:
+    """What choosing passages *could* gain with this reader, from the oracle search's own scans (no reader
+    calls): the share of dev questions answered correctly (primary reward >= ``threshold``, i.e. the answer
+    contains a gold answer for the default reward) by the top-1 passage alone, by the gold passage alone,
+    by the best single passage, and by the oracle's sequence of up to ``silver_max_length`` passages."""
+    by_id = {ex.id: ex for ex in dev}
+    rows = []
+    for rec in oracle:
+        if not rec.scanned:
+            continue
+        single = {int(i): p >= threshold for i, p, _ in rec.scanned[0]}
+        gold = by_id[rec.id].gold
+        gold_first = next((i for i, g in enumerate(gold or []) if g), None)
+        rows.append({"top-1 alone": single.get(0, False),
+                     "gold passage alone (when retrieved)": single.get(gold_first, False) if gold_first is not None else None,
+                     "best single passage": any(single.values()),
+                     "oracle sequence": rec.score >= threshold})
+    if not rows:
+        return {}
+    out: dict[str, Any] = {"questions": len(rows)}
+    for key in rows[0]:
+        values = [r[key] for r in rows if r[key] is not None]
+        out[key] = {"share": sum(values) / len(values), "of": len(values)} if values else None
+    return out
 
 
 def best_of(report: Any, names: list[str]) -> Any:
@@ -193,6 +219,12 @@ def markdown(name: str, report: Any, summary: dict[str, Any], command: str, info
                 lines.append(f"- {method}: {what}: {value['mean']:+.3f} [{value['ci_low']:+.3f}, {value['ci_high']:+.3f}]")
             elif value is not None:
                 lines.append(f"- {method}: {what}: {value:.2f}")
+    if summary.get("ceiling"):
+        lines += ["", "What choosing passages could gain with this reader (from the SPS oracle's scans on the dev "
+                  "questions, reward >= 1, no extra reader calls):", ""]
+        for what, value in summary["ceiling"].items():
+            if isinstance(value, dict):
+                lines.append(f"- {what}: {value['share']:.3f} of {value['of']} questions")
     return "\n".join(lines) + "\n"
 
 
@@ -309,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     cross_encoder = train_cross_encoder(train, work, args)
     seconds["cross-encoder"] = time.perf_counter() - t
-    oracle: dict[str, list[int]] = {}
+    oracle: list[Any] = []
     if not args.no_oracle:
         t = time.perf_counter()
         oracle = oracle_sequences(dev, reader, work, recipe)
@@ -337,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     groups["BGM"] = [m.name for m in bgm]
     methods += bgm
     if oracle:
-        methods.append(fixed_sequences("SPS oracle (uses gold answers)", oracle))
+        methods.append(fixed_sequences("SPS oracle (uses gold answers)", {r.id: r.ids for r in oracle}))
 
     t = time.perf_counter()
     report = evaluate(dev, reader, methods, batch_size=8)
@@ -345,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds["total"] = time.perf_counter() - t0
 
     summary = summarise(report, groups, args.metric)
+    if oracle:
+        summary["ceiling"] = ceiling(dev, oracle)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     info = {"train": len(train), "dev": len(dev), "candidates": round(sum(len(e.passages) for e in dev) / len(dev), 1)}

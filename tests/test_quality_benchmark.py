@@ -61,6 +61,10 @@ def test_quality_benchmark_runs_every_method(tmp_path, capsys) -> None:
     assert check["prompt tokens vs all candidates (ratio)"] == pytest.approx(
         tokens["BGM SL+RL"] / tokens["all, retriever order"])
     assert set(summary["checks"]["RL over SL"]) == {"contains", "f1"}
+    # the toy reader answers exactly only from the key passage twice: no single passage is enough
+    ceiling = summary["ceiling"]
+    assert ceiling["questions"] == 4 and ceiling["oracle sequence"]["share"] == 1.0
+    assert ceiling["best single passage"]["share"] == 0.0 and ceiling["top-1 alone"]["share"] == 0.0
     assert (tmp_path / "results" / "quality_toy.png").stat().st_size > 10_000
     table = (tmp_path / "results" / "quality_toy.md").read_text()
     assert "| BGM SL+RL |" in table and "Best fixed heuristic (chosen on dev)" in table

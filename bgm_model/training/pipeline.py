@@ -37,14 +37,14 @@ class BridgeRecipe:
     reward: str = "contains+0.5*f1"
     silver_max_length: int = 2
     silver_top_m: int | None = 4
-    silver_secondary_extends: bool = True
+    silver_secondary_extends: bool = False
     max_passages: int = 16
     max_passage_tokens: int = 96
     sl_epochs: int = 8
     sl_learning_rate: float = 1e-4
     sl_batch_size: int = 8
     sl_soft_target_weight: float = 0.0
-    freeze_encoder_layers: int = 0
+    freeze_encoder_layers: int = 4
     rl_steps: int = 4
     rl_samples: int = 4
     rl_batch_size: int = 6
