@@ -11,7 +11,7 @@ from bgm_model.training.silver import read_silver
 from bgm_model.training.toy import ToyReader, make_toy_examples, toy_optimal_ids
 
 RECIPE = BridgeRecipe(reward="em", silver_max_length=2, silver_top_m=None, sl_epochs=2, sl_batch_size=4,
-                      rl_steps=1, rl_samples=2, rl_batch_size=2)
+                      rl_steps=1, rl_samples=2, rl_batch_size=2, freeze_encoder_layers=1)
 
 
 def test_train_bridge_writes_silver_and_both_bridges(tmp_path, tiny_make_bridge: Callable[..., BridgeModel]) -> None:
