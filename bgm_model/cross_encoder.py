@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -92,29 +93,14 @@ class CrossEncoder:
             raise ValueError(f"CrossEncoder.fit needs both labels; got {positives} positives of {len(pairs)}")
         # Gold passages are rare among candidates: weight positives so both classes count equally.
         pos_weight = torch.tensor((len(pairs) - positives) / positives, device=self.device)
-        rng = random.Random(seed)
-        torch.manual_seed(seed)
-        opt = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, weight_decay=0.01)
-        order = list(range(len(pairs)))
-        losses = []
-        self.model.train()
-        for epoch in range(epochs):
-            rng.shuffle(order)
-            total = 0.0
-            for start in range(0, len(order), batch_size):
-                batch = [pairs[i] for i in order[start : start + batch_size]]
-                rows = self._rows([b[0] for b in batch], [b[1] for b in batch])
-                logits = self.model(**rows).logits[:, 0]
-                labels = torch.tensor([float(b[2]) for b in batch], device=self.device)
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(batch)
-            losses.append(total / len(pairs))
-            logger.info("cross-encoder epoch %d: loss %.4f", epoch + 1, losses[-1])
-        self.model.eval()
-        return losses
+
+        def loss(batch: list[tuple[str, str, float]]) -> torch.Tensor:
+            logits = self.model(**self._rows([b[0] for b in batch], [b[1] for b in batch])).logits[:, 0]
+            labels = torch.tensor([float(b[2]) for b in batch], device=self.device)
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+
+        return self._train(list(pairs), loss, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                           seed=seed, what="loss")
 
     def fit_listwise(
         self,
@@ -148,39 +134,64 @@ class CrossEncoder:
         if len(groups) < len(questions):
             logger.info("cross-encoder: %d of %d questions have no positive candidate; skipped",
                         len(questions) - len(groups), len(questions))
+
+        def loss(batch: list[tuple[str, list[str], list[float]]]) -> torch.Tensor:
+            rows = self._rows([q for q, ps, _ in batch for _ in ps], [p for _, ps, _ in batch for p in ps])
+            logits = self.model(**rows).logits[:, 0].float()
+            total = logits.new_zeros(())
+            offset = 0
+            for _, ps, ys in batch:
+                target = torch.tensor(ys, device=self.device)
+                logp = torch.log_softmax(logits[offset : offset + len(ps)], dim=0)
+                total = total - (target / target.sum() * logp).sum()
+                offset += len(ps)
+            return total / len(batch)
+
+        return self._train(groups, loss, epochs=epochs, learning_rate=learning_rate,
+                           batch_size=questions_per_batch, seed=seed, warmup_ratio=warmup_ratio,
+                           what="listwise loss")
+
+    def _train(
+        self,
+        items: list[Any],
+        loss_fn: Callable[[list[Any]], torch.Tensor],
+        *,
+        epochs: int,
+        learning_rate: float,
+        batch_size: int,
+        seed: int,
+        warmup_ratio: float | None = None,
+        what: str,
+    ) -> list[float]:
+        """AdamW over seeded shuffles of ``items`` (linear warm-up and decay with ``warmup_ratio``, else a
+        constant rate); returns the mean loss of each epoch."""
         rng = random.Random(seed)
         torch.manual_seed(seed)
         opt = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, weight_decay=0.01)
-        steps = epochs * -(-len(groups) // questions_per_batch)
-        warmup = max(1, int(warmup_ratio * steps))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda i: min((i + 1) / warmup, max(0.0, (steps - i) / max(1, steps - warmup)))
-        )
-        order = list(range(len(groups)))
+        sched = None
+        if warmup_ratio is not None:
+            steps = epochs * -(-len(items) // batch_size)
+            warmup = max(1, int(warmup_ratio * steps))
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda i: min((i + 1) / warmup, max(0.0, (steps - i) / max(1, steps - warmup)))
+            )
+        order = list(range(len(items)))
         losses = []
         self.model.train()
         for epoch in range(epochs):
             rng.shuffle(order)
             total = 0.0
-            for start in range(0, len(order), questions_per_batch):
-                batch = [groups[i] for i in order[start : start + questions_per_batch]]
-                rows = self._rows([q for q, ps, _ in batch for _ in ps], [p for _, ps, _ in batch for p in ps])
-                logits = self.model(**rows).logits[:, 0].float()
-                loss = logits.new_zeros(())
-                offset = 0
-                for _, ps, ys in batch:
-                    target = torch.tensor(ys, device=self.device)
-                    logp = torch.log_softmax(logits[offset : offset + len(ps)], dim=0)
-                    loss = loss - (target / target.sum() * logp).sum()
-                    offset += len(ps)
-                loss = loss / len(batch)
+            for start in range(0, len(order), batch_size):
+                batch = [items[i] for i in order[start : start + batch_size]]
+                loss = loss_fn(batch)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                sched.step()
+                if sched is not None:
+                    sched.step()
                 total += float(loss.detach()) * len(batch)
-            losses.append(total / len(groups))
-            logger.info("cross-encoder epoch %d: listwise loss %.4f", epoch + 1, losses[-1])
+            losses.append(total / len(items))
+            logger.info("cross-encoder epoch %d: %s %.4f", epoch + 1, what, losses[-1])
         self.model.eval()
         return losses
 
