@@ -46,11 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--silver", required=True, help="silver sequences JSONL with step scans")
     p.add_argument("--dataset", default="nq_open", help="bundled dataset the silver questions come from")
     p.add_argument("--split", default="train")
+    p.add_argument("--data", default=None, help="the dataset file instead of a bundled one (any format of "
+                   "bgm_model.data; retrieval sets are retrieved with MiniLM as the benchmark did)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "passage_choice.json"))
     args = p.parse_args(argv)
 
     records = [r for r in read_silver(args.silver) if r.scanned]
-    examples = {e.id: e for e in load_examples(bundled_dataset(args.dataset, args.split))}
+    source = args.data or bundled_dataset(args.dataset, args.split)
+    examples = {e.id: e for e in load_examples(source)}
     rows, owner = [], []
     for q, rec in enumerate(records):
         ex = examples[rec.id]

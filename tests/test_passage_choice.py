@@ -1,0 +1,48 @@
+"""``benchmarks/passage_choice.py`` on a toy silver file: the single-passage table from the search's scans."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from bgm_model.data import QAExample
+from bgm_model.readers.base import Reader
+from bgm_model.training.silver import SilverConfig, synthesize_to_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class KeyReader(Reader):
+    """Answers correctly from a passage that mentions the answer; the gold passage is the second one."""
+
+    def __init__(self) -> None:
+        super().__init__("key-reader", cache=False)
+
+    def _answer_uncached(self, questions, passage_lists):
+        return ["paris" if any("paris" in p for p in ps) else "no idea" for ps in passage_lists]
+
+
+def test_single_passage_table_from_the_scans(tmp_path) -> None:
+    spec = importlib.util.spec_from_file_location("passage_choice", ROOT / "benchmarks" / "passage_choice.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    data = tmp_path / "data.jsonl"
+    examples = []
+    with data.open("w") as f:
+        for i in range(6):
+            texts = [f"berlin text {i}", f"paris is the answer {i}", f"rome text {i}"]
+            gold = [False, True, False]
+            f.write(json.dumps({"id": f"q{i}", "question": f"capital question {i}?", "answers": ["paris"],
+                                "passages": [{"title": "", "text": t, "is_gold": g} for t, g in zip(texts, gold)]}) + "\n")
+            examples.append(QAExample(id=f"q{i}", question=f"capital question {i}?", answers=["paris"], passages=texts))
+    silver = tmp_path / "silver.jsonl"
+    synthesize_to_file(examples, KeyReader(), silver, reward="contains", config=SilverConfig(secondary=None))
+    out = tmp_path / "pc.json"
+    assert module.main(["--silver", str(silver), "--data", str(data), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["questions"] == 6
+    assert result["top-1 alone"] == 0.0  # the retriever's first passage never holds the answer here
+    assert result["gold passage alone (else top-1)"] == 1.0 and result["best single passage (oracle)"] == 1.0
+    assert result["P(correct | rank)"] == [0.0, 1.0, 0.0]
