@@ -36,24 +36,29 @@ def test_quality_benchmark_runs_every_method(tmp_path, capsys) -> None:
     train = _write(tmp_path / "toy_train.jsonl", examples[:6])
     dev = _write(tmp_path / "toy_dev.jsonl", examples[6:])
 
-    code = quality.main([
+    args = [
         "--train", str(train), "--dev", str(dev), "--name", "toy", "--reader", "toy", "--reader-cache", "none",
         "--ks", "1,2", "--reward", "em", "--silver-top-m", "4", "--sl-epochs", "1", "--rl-steps", "1",
         "--rl-batch-size", "2", "--rl-samples", "2", "--ce-epochs", "1", "--max-passage-tokens", "32",
         "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "results"),
-    ])
+    ]
+    code = quality.main(args)
 
     assert code == 0
     result = json.loads((tmp_path / "results" / "quality_toy.json").read_text())
     names = [m["name"] for m in result["methods"]]
     for expected in ("no retrieval", "all, retriever order", "all, reversed", "long-context reorder", "top-2, reversed",
-                     "embedding rerank, top-1", "cross-encoder, top-2, reversed, top repeated", "BGM SL", "BGM SL+RL",
-                     "SPS oracle (uses gold answers)"):
+                     "embedding rerank, top-1", "cross-encoder, top-2, reversed, top repeated", "BGM SL", "BGM SL+RL"):
         assert expected in names
     assert result["train"] == 6 and result["dev"] == 4
-    oracle = next(m for m in result["methods"] if m["name"].startswith("SPS oracle"))
-    assert oracle["em"] == 1.0  # the toy optimum [X, X], found with the gold answers
     summary = result["summary"]
+    # the upper bound is reported separately, next to the methods it bounds on the same questions
+    assert result["oracle"]["questions"] == 4
+    oracle = {m["name"]: m for m in result["oracle"]["methods"]}
+    assert list(oracle) == ["all, retriever order", summary["best fixed heuristic"], "BGM SL", "BGM SL+RL",
+                            "SPS oracle (uses gold answers)"]
+    assert oracle["SPS oracle (uses gold answers)"]["em"] == 1.0  # the toy optimum [X, X], found with the gold answers
+    assert oracle["BGM SL+RL"]["em"] == next(m["em"] for m in result["methods"] if m["name"] == "BGM SL+RL")
     assert summary["best fixed heuristic"] in result["groups"]["top-k heuristics"]
     assert summary["best cross-encoder"] in result["groups"]["cross-encoder"]
     check = summary["checks"]["BGM SL+RL"]
@@ -68,13 +73,15 @@ def test_quality_benchmark_runs_every_method(tmp_path, capsys) -> None:
     assert (tmp_path / "results" / "quality_toy.png").stat().st_size > 10_000
     table = (tmp_path / "results" / "quality_toy.md").read_text()
     assert "| BGM SL+RL |" in table and "Best fixed heuristic (chosen on dev)" in table
+    assert "| SPS oracle (uses gold answers) |" in table and "on 4 of the 4 dev questions" in table
     assert "wrote" in capsys.readouterr().out
     # a re-run reuses the trained bridges and the cross-encoder
-    quality.main(["--train", str(train), "--dev", str(dev), "--name", "toy", "--reader", "toy", "--reader-cache",
-                  "none", "--ks", "1,2", "--reward", "em", "--silver-top-m", "4", "--sl-epochs", "1", "--rl-steps",
-                  "1", "--rl-batch-size", "2", "--rl-samples", "2", "--ce-epochs", "1", "--max-passage-tokens", "32",
-                  "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "results")])
+    quality.main(args)
     assert "SL" not in json.loads((tmp_path / "results" / "quality_toy.json").read_text())["seconds"]
+    # the oracle on the first 2 dev questions only
+    quality.main([*args, "--oracle-questions", "2"])
+    result = json.loads((tmp_path / "results" / "quality_toy.json").read_text())
+    assert result["dev"] == 4 and result["oracle"]["questions"] == 2 and result["summary"]["ceiling"]["questions"] == 2
 
 
 def test_quality_benchmark_refuses_an_empty_split_before_training(tmp_path) -> None:

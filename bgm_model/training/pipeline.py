@@ -6,10 +6,12 @@
     sl/, rl/          trainer logs and checkpoints
     bridge_sl/        the bridge after supervised training
     bridge/           the bridge after RL (absent when ``rl_steps == 0``)
+    sl_recipe.json    the SL part of the recipe and the silver data ``bridge_sl/`` was trained with
     recipe.json       the recipe and the silver data the saved bridges were trained with
 
 With ``reuse=True`` saved bridges whose ``recipe.json`` matches this call are loaded instead of retrained,
-so a benchmark that stopped during evaluation restarts in seconds.
+so a benchmark that stopped during evaluation restarts in seconds; a run that stopped during RL (or that
+changes only the RL settings) starts RL again from the saved SL bridge instead of repeating SL.
 """
 
 from __future__ import annotations
@@ -125,22 +127,36 @@ def train_bridge(
                              stats.naive_reader_calls, reused=True, seconds=seconds)
     stamp_path.unlink(missing_ok=True)  # written again only once both bridges are saved
 
+    # RL settings do not change the SL bridge, so its stamp leaves them out.
+    sl_stamp = {**stamp, "recipe": {k: v for k, v in stamp["recipe"].items() if not k.startswith("rl_")}}
+    sl_stamp_path = out / "sl_recipe.json"
     t = time.perf_counter()
-    if bridge is None:
-        bridge = BridgeModel.from_encoder(config=BridgeConfig(
-            max_passages=max(recipe.max_passages, max(len(ex.passages) for ex in train_examples)),
-            max_passage_tokens=recipe.max_passage_tokens,
-            max_output_length=max(4, recipe.silver_max_length + 1),
-        ))
-    SLTrainer(
-        bridge,
-        SLConfig(output_dir=str(out / "sl"), num_epochs=recipe.sl_epochs, learning_rate=recipe.sl_learning_rate,
-                 batch_size=recipe.sl_batch_size, dev_fraction=0.0, resume=False, seed=recipe.seed,
-                 soft_target_weight=recipe.sl_soft_target_weight,
-                 freeze_encoder_layers=recipe.freeze_encoder_layers),
-        train_data=silver,
-    ).train()
-    bridge.save_pretrained(sl_dir)
+    if (reuse and sl_stamp_path.exists() and json.loads(sl_stamp_path.read_text()) == sl_stamp
+            and (sl_dir / "config.json").exists()):
+        logger.info("reusing the SL bridge trained with this recipe and silver data in %s", sl_dir)
+        saved = BridgeModel.from_pretrained(sl_dir)
+        if bridge is None:
+            bridge = saved
+        else:  # the caller's model is trained in place: give it the saved SL weights
+            bridge.load_state_dict(saved.state_dict())
+    else:
+        sl_stamp_path.unlink(missing_ok=True)
+        if bridge is None:
+            bridge = BridgeModel.from_encoder(config=BridgeConfig(
+                max_passages=max(recipe.max_passages, max(len(ex.passages) for ex in train_examples)),
+                max_passage_tokens=recipe.max_passage_tokens,
+                max_output_length=max(4, recipe.silver_max_length + 1),
+            ))
+        SLTrainer(
+            bridge,
+            SLConfig(output_dir=str(out / "sl"), num_epochs=recipe.sl_epochs, learning_rate=recipe.sl_learning_rate,
+                     batch_size=recipe.sl_batch_size, dev_fraction=0.0, resume=False, seed=recipe.seed,
+                     soft_target_weight=recipe.sl_soft_target_weight,
+                     freeze_encoder_layers=recipe.freeze_encoder_layers),
+            train_data=silver,
+        ).train()
+        bridge.save_pretrained(sl_dir)
+        sl_stamp_path.write_text(json.dumps(sl_stamp, indent=2))
     seconds["SL"] = time.perf_counter() - t
 
     if wants_rl:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
+
+import pytest
+import torch
 
 from bgm_model import BridgeModel
 from bgm_model.training.pipeline import BridgeRecipe, train_bridge
@@ -30,7 +34,8 @@ def test_train_bridge_writes_silver_and_both_bridges(tmp_path, tiny_make_bridge:
     assert stamp["recipe"]["reward"] == "em" and len(stamp["examples"]) == 6
 
 
-def test_train_bridge_reuses_only_a_matching_recipe(tmp_path, tiny_make_bridge: Callable[..., BridgeModel]) -> None:
+def test_train_bridge_reuses_only_a_matching_recipe(tmp_path, caplog: pytest.LogCaptureFixture,
+                                                    tiny_make_bridge: Callable[..., BridgeModel]) -> None:
     examples = make_toy_examples(4, n_passages=4, seed=5)
     reader = ToyReader(supports_scoring=True, cache=False)
     first = train_bridge(examples, reader, tmp_path, RECIPE, bridge=tiny_make_bridge())
@@ -44,7 +49,28 @@ def test_train_bridge_reuses_only_a_matching_recipe(tmp_path, tiny_make_bridge: 
     no_reuse = train_bridge(examples, reader, tmp_path, RECIPE, reuse=False, bridge=tiny_make_bridge())
     assert not no_reuse.reused
 
+    # Only the RL settings changed: the SL bridge is reused (not retrained), RL runs again.
+    sl_before = weights.stat().st_mtime_ns
+    rl_changed = BridgeRecipe(**{**RECIPE.__dict__, "rl_learning_rate": 3e-5})
+    sl_weights = _weights(BridgeModel.from_pretrained(first.sl_dir))
+    fresh = tiny_make_bridge()
+    assert not torch.equal(_weights(fresh), sl_weights)
+    with caplog.at_level(logging.INFO, logger="bgm_model.training.pipeline"):
+        rl_only = train_bridge(examples, reader, tmp_path, rl_changed, reuse=True, bridge=fresh)
+    assert "reusing the SL bridge" in caplog.text
+    assert not rl_only.reused and weights.stat().st_mtime_ns == sl_before and "RL" in rl_only.seconds
+    assert torch.equal(_weights(BridgeModel.from_pretrained(rl_only.sl_dir)), sl_weights)
+
     changed = BridgeRecipe(**{**RECIPE.__dict__, "rl_steps": 0})
     retrained = train_bridge(examples, reader, tmp_path, changed, reuse=True, bridge=tiny_make_bridge())
     assert not retrained.reused and retrained.rl_dir is None and retrained.final_dir == retrained.sl_dir
     assert train_bridge(examples, reader, tmp_path, changed, reuse=True, bridge=tiny_make_bridge()).reused
+
+    # An SL setting changed: SL is trained again.
+    sl_changed = BridgeRecipe(**{**RECIPE.__dict__, "sl_epochs": 1})
+    train_bridge(examples, reader, tmp_path, sl_changed, reuse=True, bridge=tiny_make_bridge())
+    assert weights.stat().st_mtime_ns != sl_before
+
+
+def _weights(model: BridgeModel) -> torch.Tensor:
+    return torch.cat([t.flatten().float() for t in model.state_dict().values()])
