@@ -330,6 +330,18 @@ class JsonlLog:
         self.path = path
         self.enabled = enabled
 
+    def set_aside(self) -> Path | None:
+        """A run that starts over keeps the previous run's log as ``log.<n>.jsonl`` (the first free ``n``), so
+        its curves do not mix with the new ones and nothing is lost."""
+        if not (self.enabled and self.path.exists()):
+            return None
+        n = 1
+        while (kept := self.path.with_suffix(f".{n}.jsonl")).exists():
+            n += 1
+        self.path.rename(kept)
+        logger.info("starting over: the previous log is kept as %s", kept)
+        return kept
+
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return

@@ -288,6 +288,8 @@ class RLTrainer:
         checkpoint = find_checkpoint(out) if cfg.resume else None
         if checkpoint is not None:
             load_weights_into(self.bridge, checkpoint)
+        else:
+            log.set_aside()
         if self.ref_model is not None:
             self.ref_model.to(acc.device)
 

@@ -236,6 +236,8 @@ class SLTrainer:
         checkpoint = find_checkpoint(out) if cfg.resume else None
         if checkpoint is not None:
             load_weights_into(self.bridge, checkpoint)
+        else:
+            log.set_aside()
 
         world, rank = acc.num_processes, acc.process_index
         micro_per_epoch = math.ceil(len(self.train_data) / (cfg.batch_size * world))

@@ -58,6 +58,7 @@ def test_train_bridge_reuses_only_a_matching_recipe(tmp_path, caplog: pytest.Log
     with caplog.at_level(logging.INFO, logger="bgm_model.training.pipeline"):
         rl_only = train_bridge(examples, reader, tmp_path, rl_changed, reuse=True, bridge=fresh)
     assert "reusing the SL bridge" in caplog.text
+    assert (tmp_path / "rl" / "log.1.jsonl").exists()  # the earlier RL run's curve is kept apart
     assert not rl_only.reused and weights.stat().st_mtime_ns == sl_before and "RL" in rl_only.seconds
     assert torch.equal(_weights(BridgeModel.from_pretrained(rl_only.sl_dir)), sl_weights)
 

@@ -182,8 +182,14 @@ def test_resume_is_off_when_asked(tiny_make_bridge, tiny_silver_records, tmp_pat
     assert SLTrainer(tiny_make_bridge(), cfg, records).train().global_step == 2
     # Resumed: everything is done already, no step is run again.
     assert SLTrainer(tiny_make_bridge(), cfg, records).train().global_step == 2
-    fresh = SLConfig(**{**cfg.to_dict(), "resume": False, "num_epochs": 2})
+    fresh = SLConfig(**{**cfg.to_dict(), "resume": False, "num_epochs": 2, "logging_steps": 1})
     assert SLTrainer(tiny_make_bridge(), fresh, records).train().global_step == 4
+    # Starting over keeps the earlier run's log beside the new one instead of mixing their curves.
+    def steps(name: str) -> list[int]:
+        lines = (tmp_path / name).read_text().splitlines()
+        return [json.loads(line)["step"] for line in lines if "loss" in json.loads(line)]
+
+    assert steps("log.1.jsonl") == [2] and steps("log.jsonl") == [1, 2, 3, 4]
 
 
 # ------------------------------------------------------------------------------------------------ CLI
