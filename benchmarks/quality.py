@@ -21,6 +21,9 @@ arrangement latency (ms per question) and reader seconds. Results: ``<results>/q
 Run (primary target, ~75 min on 2 CPU cores from an empty cache; minutes when cached):
 
     python benchmarks/quality.py --dataset nq_open
+    # the published run (docs/benchmarks.md; several hours on 2 cores, mostly silver search and evaluation):
+    python benchmarks/quality.py --dataset nq_open --train-questions 359 --dev-questions 75 --sl-epochs 5 \
+        --rl-steps 40 --rl-batch-size 8 --rl-learning-rate 3e-5 --threads 2
     python benchmarks/quality.py --dataset hotpotqa --train-questions 60 --dev-questions 40
     python benchmarks/quality.py --dataset musique           # MuSiQue train split 70/30 (20 candidates)
     python benchmarks/quality.py --train my_train.jsonl --dev my_dev.jsonl --name mine
