@@ -71,6 +71,22 @@ class TrainedBridge:
         return self.rl_dir or self.sl_dir
 
 
+def warm_start_bridge(recipe: BridgeRecipe, max_passages: int = 0) -> BridgeModel:
+    """The bridge ``train_bridge`` trains by default: MiniLM warm start sized by ``recipe``.
+
+    The warm start initialises new weights (cross-attention, ID embeddings) at random; they are seeded with
+    ``recipe.seed`` so the same command trains the same bridge whatever ran before it in the process.
+    """
+    from bgm_model.training._common import seed_everything
+
+    seed_everything(recipe.seed)
+    return BridgeModel.from_encoder(config=BridgeConfig(
+        max_passages=max(recipe.max_passages, max_passages),
+        max_passage_tokens=recipe.max_passage_tokens,
+        max_output_length=max(4, recipe.silver_max_length + 1),
+    ))
+
+
 def _silver_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -142,11 +158,7 @@ def train_bridge(
     else:
         sl_stamp_path.unlink(missing_ok=True)
         if bridge is None:
-            bridge = BridgeModel.from_encoder(config=BridgeConfig(
-                max_passages=max(recipe.max_passages, max(len(ex.passages) for ex in train_examples)),
-                max_passage_tokens=recipe.max_passage_tokens,
-                max_output_length=max(4, recipe.silver_max_length + 1),
-            ))
+            bridge = warm_start_bridge(recipe, max(len(ex.passages) for ex in train_examples))
         SLTrainer(
             bridge,
             SLConfig(output_dir=str(out / "sl"), num_epochs=recipe.sl_epochs, learning_rate=recipe.sl_learning_rate,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bgm_model import BridgeModel
-from bgm_model.training.pipeline import BridgeRecipe, train_bridge
+from bgm_model.training.pipeline import BridgeRecipe, train_bridge, warm_start_bridge
 from bgm_model.training.silver import read_silver
 from bgm_model.training.toy import ToyReader, make_toy_examples, toy_optimal_ids
 
@@ -75,3 +75,10 @@ def test_train_bridge_reuses_only_a_matching_recipe(tmp_path, caplog: pytest.Log
 
 def _weights(model: BridgeModel) -> torch.Tensor:
     return torch.cat([t.flatten().float() for t in model.state_dict().values()])
+
+
+def test_the_default_bridge_starts_the_same_whatever_ran_before() -> None:
+    first = _weights(warm_start_bridge(RECIPE))
+    torch.rand(1000)  # e.g. a retriever or sampler drew random numbers before training started
+    assert torch.equal(_weights(warm_start_bridge(RECIPE)), first)
+    assert not torch.equal(_weights(warm_start_bridge(BridgeRecipe(**{**RECIPE.__dict__, "seed": 1}))), first)
