@@ -303,7 +303,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", default=None, help="silver sequences, bridges, cross-encoder (default: bgm_output/quality/NAME)")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="where JSON, Markdown and PNG go")
     add_reader_arguments(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.oracle_questions < 0:
+        p.error(f"--oracle-questions must be >= 0 (0: every dev question), got {args.oracle_questions}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,3 +92,9 @@ def test_quality_benchmark_refuses_an_empty_split_before_training(tmp_path) -> N
     with pytest.raises(SystemExit, match="need training and dev questions, got 3 and 0"):
         quality.main(["--train", str(train), "--dev", str(dev), "--reader", "toy", "--work-dir", str(tmp_path / "w")])
     assert not (tmp_path / "w" / "bgm").exists()
+
+
+def test_quality_benchmark_refuses_a_negative_oracle_size(capsys) -> None:
+    with pytest.raises(SystemExit):
+        _load_benchmark().parse_args(["--oracle-questions", "-1"])
+    assert "--oracle-questions must be >= 0" in capsys.readouterr().err

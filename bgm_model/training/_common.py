@@ -323,6 +323,14 @@ def save_bridge_atomically(bridge: Any, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def aside_path(path: Path) -> Path:
+    """``<stem>.<n><suffix>`` next to ``path`` with the first free ``n``: where an earlier file is kept."""
+    n = 1
+    while (aside := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists():
+        n += 1
+    return aside
+
+
 class JsonlLog:
     """Appends one JSON object per line to ``output_dir/log.jsonl`` (main process only), flushed each time."""
 
@@ -335,9 +343,7 @@ class JsonlLog:
         its curves do not mix with the new ones and nothing is lost."""
         if not (self.enabled and self.path.exists()):
             return None
-        n = 1
-        while (kept := self.path.with_suffix(f".{n}.jsonl")).exists():
-            n += 1
+        kept = aside_path(self.path)
         self.path.rename(kept)
         logger.info("starting over: the previous log is kept as %s", kept)
         return kept

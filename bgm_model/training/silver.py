@@ -69,6 +69,7 @@ from bgm_model.rewards import (
     reward_needs_answer,
     token_f1,
 )
+from bgm_model.training._common import aside_path
 
 logger = logging.getLogger(__name__)
 
@@ -604,10 +605,7 @@ def synthesize_to_file(
     except SilverSettingsError as e:
         if not set_aside_mismatched:
             raise
-        n = 1
-        while path.with_name(f"{path.stem}.{n}{path.suffix}").exists():
-            n += 1
-        aside = path.with_name(f"{path.stem}.{n}{path.suffix}")
+        aside = aside_path(path)
         if path.exists():
             path.rename(aside)
         settings_path(path).rename(settings_path(aside))
