@@ -29,6 +29,7 @@ identical to the reference (``prefix_reuse=False, decode_batch_size=1``) on a ti
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.metadata
 import importlib.util
@@ -45,6 +46,7 @@ from transformers.cache_utils import DynamicLayer
 
 from bgm_model.readers.base import CacheSpec, PromptTemplate, Reader, _check_inputs
 from bgm_model.readers.cache import call_key
+from bgm_model.readers.ragged_attention import supports_ragged_decoding, use_ragged_attention
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,9 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
 # KV cells. Measured on SmolLM2, 1 thread: a step reads a padded cell for ~0.02 ms, while a step of one
 # more group costs ~150-220 ms, so about 8k padded cells cost one extra group step.
 _PAD_CELLS = 8192
+# With ragged attention a step reads no padding, so a group is bounded only by the memory of its padded cache
+# (rows x (longest prompt + answer room) cells).
+_GROUP_CACHE_BYTES = 1 << 30
 
 
 class _RoomyLayer(DynamicLayer):
@@ -266,6 +271,7 @@ class HFReader(TokenizerPrompts):
         prompt_memory_mb: float = 256,
         use_chat_template: bool | None = None,
         first_line_only: bool = True,
+        ragged_decoding: bool = True,
     ) -> None:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -280,6 +286,8 @@ class HFReader(TokenizerPrompts):
         self.max_new_tokens = max_new_tokens
         self.prefix_reuse = prefix_reuse
         self.decode_batch_size = decode_batch_size
+        self.ragged_decoding = ragged_decoding
+        self._ragged_ok = ragged_decoding and supports_ragged_decoding(model)
         self.use_chat_template = chat
         dtype = next(model.parameters()).dtype
         if name is None:
@@ -517,20 +525,25 @@ class HFReader(TokenizerPrompts):
     def _decode_groups(self, order: list[int], prompts: list[list[int]]) -> list[list[int]]:
         """Consecutive calls (in token order, so prefill reuse is untouched) that decode together.
 
-        A group holds at most ``decode_batch_size`` rows, and a row joins only while the group's padding
-        (rows x longest prompt - real prompt tokens) stays within ``_PAD_CELLS`` KV cells: every decoding
-        step reads every padded cell, and past that budget a separate group's steps are cheaper.
+        A group holds at most ``decode_batch_size`` rows. With ragged attention (each row reads only its own
+        cells) a row joins while the group's padded cache stays within ``_GROUP_CACHE_BYTES``; otherwise
+        while the group's padding (rows x longest prompt - real prompt tokens) stays within ``_PAD_CELLS``
+        KV cells: every masked decoding step reads every padded cell, and past that budget a separate
+        group's steps are cheaper.
         """
+        cell_bytes = self._kv_cell_bytes() if self._ragged_ok else None
         groups: list[list[int]] = []
         current: list[int] = []
         longest = real = 0
         for i in order:
             n = len(prompts[i])
             grown_longest, grown_real = max(longest, n), real + n
-            if current and (
-                len(current) >= self.decode_batch_size
-                or (len(current) + 1) * grown_longest - grown_real > _PAD_CELLS
-            ):
+            rows = len(current) + 1
+            if cell_bytes:
+                too_big = rows * (grown_longest + self.max_new_tokens) * cell_bytes > _GROUP_CACHE_BYTES
+            else:
+                too_big = rows * grown_longest - grown_real > _PAD_CELLS
+            if current and (len(current) >= self.decode_batch_size or too_big):
                 groups.append(current)
                 current, grown_longest, grown_real = [], n, n
             current.append(i)
@@ -538,6 +551,20 @@ class HFReader(TokenizerPrompts):
         if current:
             groups.append(current)
         return groups
+
+    def _kv_cell_bytes(self) -> int | None:
+        """Bytes of one token's keys and values over all layers (``None`` if the config does not say)."""
+        config = self.model.config
+        layers = getattr(config, "num_hidden_layers", None)
+        heads = getattr(config, "num_attention_heads", None)
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or (
+            config.hidden_size // heads if heads and getattr(config, "hidden_size", None) else None
+        )
+        if not (layers and kv_heads and head_dim):
+            return None
+        item = next(self.model.parameters()).element_size()
+        return int(layers * 2 * kv_heads * head_dim * item)
 
     def _greedy_group(self, prompts: list[list[int]]) -> list[str]:
         """Greedy answers of ``prompts``: each prefilled on the shared prefix cache, then decoded together.
@@ -565,7 +592,9 @@ class HFReader(TokenizerPrompts):
                 k, v = layer.keys, layer.values  # [1, kv_heads, len, head_dim]
                 if r == 0:
                     shape = (n_rows, k.shape[1], room, k.shape[3])
-                    layers.append((k.new_zeros(shape), v.new_zeros(shape)))
+                    # Ragged steps never read the padding, so it need not be zeroed.
+                    alloc = k.new_empty if self._ragged_ok else k.new_zeros
+                    layers.append((alloc(shape), alloc(shape)))
                 layers[li][0][r, :, pad:longest] = k[0, :, : lengths[r]]
                 layers[li][1][r, :, pad:longest] = v[0, :, : lengths[r]]
             if not self.prefix_reuse:
@@ -597,31 +626,39 @@ class HFReader(TokenizerPrompts):
         cache = DynamicCache(config=self.model.config)
         roomy = [_RoomyLayer(k, v, longest) for k, v in layers]
         cache.layers = list(roomy)
-        for step in range(1, self.max_new_tokens):
-            live = [j for j, r in enumerate(rows) if not done[r]]
-            if not live:
-                break
-            if len(live) <= len(rows) // 2:  # compact: finished rows would still cost their KV reads
-                keep = torch.tensor(live, device=self.device)
-                for layer in roomy:
-                    layer.select(keep)
-                mask, positions = mask[keep], positions[keep]
-                rows = [rows[j] for j in live]
-            width = longest + step
-            out = self.model(
-                input_ids=torch.tensor([[tokens[r]] for r in rows], dtype=torch.long, device=self.device),
-                attention_mask=mask[:, :width],
-                position_ids=(positions + step - 1)[:, None],
-                **{self._cache_kwarg: cache},
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            self.stats.new_tokens += len(rows)
-            best = out.logits[:, -1].argmax(-1).tolist()
-            for j, r in enumerate(rows):
-                if not done[r]:
-                    tokens[r] = int(best[j])
-                    take(r, tokens[r])
+        # Ragged steps: each row reads only its own cells (no padding read, no mask); else a masked SDPA step.
+        ragged = self._ragged_ok
+        with use_ragged_attention(self.model) if ragged else contextlib.nullcontext():
+            for step in range(1, self.max_new_tokens):
+                live = [j for j, r in enumerate(rows) if not done[r]]
+                if not live:
+                    break
+                if len(live) <= len(rows) // 2:  # compact: finished rows would still cost their KV reads
+                    keep = torch.tensor(live, device=self.device)
+                    for layer in roomy:
+                        layer.select(keep)
+                    mask, positions = mask[keep], positions[keep]
+                    rows = [rows[j] for j in live]
+                width = longest + step
+                step_kwargs: dict[str, Any] = (
+                    {"bgm_row_starts": [longest - lengths[r] for r in rows]}
+                    if ragged
+                    else {"attention_mask": mask[:, :width]}
+                )
+                out = self.model(
+                    input_ids=torch.tensor([[tokens[r]] for r in rows], dtype=torch.long, device=self.device),
+                    position_ids=(positions + step - 1)[:, None],
+                    **{self._cache_kwarg: cache},
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **step_kwargs,
+                )
+                self.stats.new_tokens += len(rows)
+                best = out.logits[:, -1].argmax(-1).tolist()
+                for j, r in enumerate(rows):
+                    if not done[r]:
+                        tokens[r] = int(best[j])
+                        take(r, tokens[r])
         return [str(self.tokenizer.decode(g, skip_special_tokens=True)) for g in generated]
 
     def _greedy(self, prompt: list[int]) -> str:

@@ -237,11 +237,15 @@ def reference_answers(tiny_model, smollm2_tokenizer):
     return answers, reference.stats.new_tokens
 
 
+@pytest.mark.parametrize("ragged", [True, False], ids=["ragged", "masked"])
 @pytest.mark.parametrize("group", [3, 16])
-def test_batched_decoding_answers_equal_reference(tiny_reader_factory, reference_answers, group):
+def test_batched_decoding_answers_equal_reference(tiny_reader_factory, reference_answers, group, ragged):
     expected, reference_new_tokens = reference_answers
-    batched = tiny_reader_factory(decode_batch_size=group, max_new_tokens=12)
+    batched = tiny_reader_factory(decode_batch_size=group, max_new_tokens=12, ragged_decoding=ragged)
+    assert batched._ragged_ok is ragged
     assert batched.answer_batch([q for q, _ in MANY], [ps for _, ps in MANY]) == expected
+    # The ragged attention is switched on for the decoding steps only.
+    assert batched.model.config._attn_implementation == "sdpa"
     # Rows really finished at different steps (a stop token, a line break or the length limit).
     lengths = {len(batched.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in expected}
     assert len(lengths) >= 3
@@ -265,11 +269,85 @@ def test_batched_decoding_positions_are_true_positions(tiny_reader_factory):
     assert together == alone
 
 
+def test_ragged_step_equals_masked_step(tiny_model):
+    # One decoding step of a left-padded batch: per-row attention on each row's own cells gives the masked
+    # SDPA step's logits, and never reads the padding (filled with garbage here).
+    from transformers import DynamicCache
+
+    from bgm_model.readers.ragged_attention import use_ragged_attention
+
+    torch.manual_seed(1)
+    lengths, longest = [5, 9, 3], 9
+    rows = []
+    for n in lengths:
+        cache = DynamicCache(config=tiny_model.config)
+        with torch.no_grad():
+            tiny_model(input_ids=torch.randint(10, 500, (1, n)), cache=cache, use_cache=True)
+        rows.append(cache)
+
+    def batched_cache(pad_value):
+        cache = DynamicCache(config=tiny_model.config)
+        for li in range(tiny_model.config.num_hidden_layers):
+            ks, vs = [], []
+            for r, n in enumerate(lengths):
+                layer = rows[r].layers[li]
+                pad = torch.full_like(layer.keys[:, :, :1], pad_value).expand(-1, -1, longest - n, -1)
+                ks.append(torch.cat([pad, layer.keys], dim=2))
+                vs.append(torch.cat([pad, layer.values], dim=2))
+            cache.update(torch.cat(ks), torch.cat(vs), li)
+        return cache
+
+    step = {
+        "input_ids": torch.tensor([[11], [12], [13]]),
+        "position_ids": torch.tensor([[n] for n in lengths]),
+        "use_cache": True,
+    }
+    mask = torch.tensor([[0] * (longest - n) + [1] * (n + 1) for n in lengths])
+    with torch.no_grad():
+        masked = tiny_model(**step, attention_mask=mask, cache=batched_cache(0.0)).logits
+        with use_ragged_attention(tiny_model):
+            ragged = tiny_model(
+                **step, cache=batched_cache(float("nan")), bgm_row_starts=[longest - n for n in lengths]
+            ).logits
+    assert tiny_model.config._attn_implementation == "sdpa"
+    assert torch.isfinite(ragged).all()
+    assert (ragged - masked).abs().max() <= 1e-5
+
+
+def test_ragged_decoding_only_for_plain_sdpa_models(tiny_model):
+    import copy
+
+    from bgm_model.readers.ragged_attention import supports_ragged_decoding
+
+    assert supports_ragged_decoding(tiny_model)
+    eager = copy.deepcopy(tiny_model)
+    eager.config._attn_implementation = "eager"
+    assert not supports_ragged_decoding(eager)
+    windowed = copy.deepcopy(tiny_model)
+    windowed.config.sliding_window = 4
+    assert not supports_ragged_decoding(windowed)
+
+
+def test_decode_groups_ragged_bounded_by_cache_memory(tiny_reader_factory, monkeypatch):
+    from bgm_model.readers import hf
+
+    reader = tiny_reader_factory(decode_batch_size=3, max_new_tokens=10)
+    cell = reader._kv_cell_bytes()
+    config = reader.model.config
+    assert cell == config.num_hidden_layers * 2 * config.num_key_value_heads * 8 * 4  # head_dim 32/4, fp32
+    monkeypatch.setattr(hf, "_GROUP_CACHE_BYTES", 220 * cell)
+    prompts = [[1] * 10, [1] * 12, [1] * 11, [1] * 9, [2] * 100, [2] * 5, [2] * 50]
+    groups = reader._decode_groups(list(range(7)), prompts)
+    # Padding is free; the size cap (3) and the padded cache (rows x (longest + 10) cells <= 220) close groups:
+    # [9, 100] is 2 x 110 = 220 (joins), + 5 would be 330; [5, 50] is 120.
+    assert groups == [[0, 1, 2], [3, 4], [5, 6]]
+
+
 def test_decode_groups_respect_size_cap_and_padding_budget(tiny_reader_factory, monkeypatch):
     from bgm_model.readers import hf
 
     monkeypatch.setattr(hf, "_PAD_CELLS", 100)
-    reader = tiny_reader_factory(decode_batch_size=3)
+    reader = tiny_reader_factory(decode_batch_size=3, ragged_decoding=False)
     prompts = [[1] * 10, [1] * 12, [1] * 11, [1] * 9, [2] * 100, [2] * 5, [2] * 50]
     groups = reader._decode_groups(list(range(7)), prompts)
     # Size cap 3; 9 next to 100 pads 91 cells (joins), a 5 more would pad 91 + 95 (closes); 5 + 50 pads 45.
