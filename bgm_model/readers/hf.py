@@ -12,8 +12,10 @@ Batching rule: *prefill* runs call by call on the shared, cropped cache (on a CP
 padding and a per-row copy of the prefix KV). *Greedy decoding* is batched: a decoding step of one row is
 bound by reading the weights, so up to ``decode_batch_size`` (16) calls that are consecutive in token order
 decode together, one forward pass per step for the group, on a left-padded copy of their prompt caches
-with the padding masked and each row at its true RoPE positions. A group closes early when its padding
-would pass ~8k KV cells (each step reads every padded cell; past that a separate group is cheaper).
+with each row at its true RoPE positions. On SDPA models each row attends to its own cells only
+(``ragged_attention``: no padding read, no mask) and a group is bounded by its cache memory (1 GiB); otherwise
+the padding is masked and a group closes early when its padding would pass ~8k KV cells (each step reads every
+padded cell; past that a separate group is cheaper).
 Scoring has no decoding and stays sequential.
 
 Prompt memory: the reader also keeps a snapshot of the KV cache of the last prompts it *answered* (a budget
@@ -255,6 +257,9 @@ class HFReader(TokenizerPrompts):
         prompt_memory_mb: memory for KV snapshots of recently answered prompts (default 256 MB; 0 keeps
             none), so a later call that extends one of those prompts (scoring an answer after it) runs only
             its new tokens. Needs ``prefix_reuse``.
+        ragged_decoding: in batched decoding, let each row attend to its own KV cells only (no padding
+            read; used when the model's attention is plain SDPA, else the padded, masked step). ``False``
+            forces the masked step.
     """
 
     def __init__(
