@@ -157,10 +157,11 @@ def ceiling(dev: list[QAExample], oracle: list[Any], threshold: float = 1.0) -> 
     return out
 
 
-def best_of(report: Any, names: list[str]) -> Any:
-    """The method among ``names`` with the highest containment (F1, then fewer prompt tokens break ties)."""
+def best_of(report: Any, names: list[str], metric: str = "contains") -> Any:
+    """The method among ``names`` with the highest ``metric`` (containment, then F1, then fewer prompt
+    tokens break ties)."""
     candidates = [report.by_name(n) for n in names]
-    return max(candidates, key=lambda m: (m.contains, m.f1, -m.prompt_tokens))
+    return max(candidates, key=lambda m: (getattr(m, metric), m.contains, m.f1, -m.prompt_tokens))
 
 
 def paired_difference(report: Any, a: str, b: str, metric: str) -> dict[str, float]:
@@ -176,11 +177,11 @@ def paired_difference(report: Any, a: str, b: str, metric: str) -> dict[str, flo
 
 def summarise(report: Any, groups: dict[str, list[str]], metric: str) -> dict[str, Any]:
     """Best-of choices, target checks and paired differences (reported, never asserted)."""
-    best_heuristic = best_of(report, groups["top-k heuristics"])
+    best_heuristic = best_of(report, groups["top-k heuristics"], metric)
     summary: dict[str, Any] = {"metric": metric, "best fixed heuristic": best_heuristic.name}
     for label in ("embedding rerank", "cross-encoder"):
         if groups.get(label):
-            summary[f"best {label}"] = best_of(report, groups[label]).name
+            summary[f"best {label}"] = best_of(report, groups[label], metric).name
     base = report.by_name(BASELINE)
     checks = {}
     for bgm in groups["BGM"]:

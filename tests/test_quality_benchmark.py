@@ -98,3 +98,19 @@ def test_quality_benchmark_refuses_a_negative_oracle_size(capsys) -> None:
     with pytest.raises(SystemExit):
         _load_benchmark().parse_args(["--oracle-questions", "-1"])
     assert "--oracle-questions must be >= 0" in capsys.readouterr().err
+
+
+def test_best_heuristic_is_chosen_by_the_metric_asked_for() -> None:
+    from bgm_model.evaluation import EvaluationReport, MethodResult
+
+    bench = _load_benchmark()
+
+    def method(name: str, f1: float, contains: float) -> MethodResult:
+        return MethodResult(name, em=0.0, f1=f1, contains=contains, prompt_tokens=100, passages=1, arrange_ms=0)
+
+    report = EvaluationReport(
+        [method("top-1", f1=0.10, contains=0.30), method("top-3", f1=0.15, contains=0.25)],
+        n_examples=1, reader="r", reader_seconds=0, reader_calls=0,
+    )
+    assert bench.best_of(report, ["top-1", "top-3"], "contains").name == "top-1"
+    assert bench.best_of(report, ["top-1", "top-3"], "f1").name == "top-3"
