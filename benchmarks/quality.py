@@ -157,7 +157,7 @@ def ceiling(dev: list[QAExample], oracle: list[Any], threshold: float = 1.0) -> 
     return out
 
 
-def best_of(report: Any, names: list[str], metric: str = "contains") -> Any:
+def best_of(report: Any, names: list[str], metric: str) -> Any:
     """The method among ``names`` with the highest ``metric`` (containment, then F1, then fewer prompt
     tokens break ties)."""
     candidates = [report.by_name(n) for n in names]

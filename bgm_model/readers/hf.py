@@ -292,7 +292,6 @@ class HFReader(TokenizerPrompts):
         self.prefix_reuse = prefix_reuse
         self.decode_batch_size = decode_batch_size
         self.ragged_decoding = ragged_decoding
-        self._ragged_ok = ragged_decoding and supports_ragged_decoding(model)
         self.use_chat_template = chat
         dtype = next(model.parameters()).dtype
         if name is None:
@@ -382,6 +381,11 @@ class HFReader(TokenizerPrompts):
         return stop_token_ids(
             self.tokenizer, getattr(self.model, "generation_config", None), self.model.config
         )
+
+    @property
+    def decodes_ragged(self) -> bool:
+        """Whether batched decoding uses ragged attention (asked for, and the model's attention allows it)."""
+        return self.ragged_decoding and supports_ragged_decoding(self.model)
 
     # -- the prefix-reusing forward pass ---------------------------------------------------------------
 
@@ -536,7 +540,7 @@ class HFReader(TokenizerPrompts):
         KV cells: every masked decoding step reads every padded cell, and past that budget a separate
         group's steps are cheaper.
         """
-        cell_bytes = self._kv_cell_bytes() if self._ragged_ok else None
+        cell_bytes = self._kv_cell_bytes() if self.decodes_ragged else None
         groups: list[list[int]] = []
         current: list[int] = []
         longest = real = 0
@@ -582,6 +586,7 @@ class HFReader(TokenizerPrompts):
         """
         from transformers import DynamicCache
 
+        ragged = self.decodes_ragged
         n_rows = len(prompts)
         lengths = [len(p) for p in prompts]
         longest = max(lengths)
@@ -598,7 +603,7 @@ class HFReader(TokenizerPrompts):
                 if r == 0:
                     shape = (n_rows, k.shape[1], room, k.shape[3])
                     # Ragged steps never read the padding, so it need not be zeroed.
-                    alloc = k.new_empty if self._ragged_ok else k.new_zeros
+                    alloc = k.new_empty if ragged else k.new_zeros
                     layers.append((alloc(shape), alloc(shape)))
                 layers[li][0][r, :, pad:longest] = k[0, :, : lengths[r]]
                 layers[li][1][r, :, pad:longest] = v[0, :, : lengths[r]]
@@ -632,7 +637,6 @@ class HFReader(TokenizerPrompts):
         roomy = [_RoomyLayer(k, v, longest) for k, v in layers]
         cache.layers = list(roomy)
         # Ragged steps: each row reads only its own cells (no padding read, no mask); else a masked SDPA step.
-        ragged = self._ragged_ok
         with use_ragged_attention(self.model) if ragged else contextlib.nullcontext():
             for step in range(1, self.max_new_tokens):
                 live = [j for j, r in enumerate(rows) if not done[r]]

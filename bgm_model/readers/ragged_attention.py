@@ -41,7 +41,7 @@ def ragged_sdpa_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if len(bgm_row_starts) != query.shape[0]:
         raise ValueError(f"{len(bgm_row_starts)} row starts for a batch of {query.shape[0]} rows")
-    batch, heads, _, dim = query.shape
+    heads, dim = query.shape[1], query.shape[3]
     kv_heads = key.shape[1]
     rows = []
     for r, start in enumerate(bgm_row_starts):

@@ -242,7 +242,7 @@ def reference_answers(tiny_model, smollm2_tokenizer):
 def test_batched_decoding_answers_equal_reference(tiny_reader_factory, reference_answers, group, ragged):
     expected, reference_new_tokens = reference_answers
     batched = tiny_reader_factory(decode_batch_size=group, max_new_tokens=12, ragged_decoding=ragged)
-    assert batched._ragged_ok is ragged
+    assert batched.decodes_ragged is ragged
     assert batched.answer_batch([q for q, _ in MANY], [ps for _, ps in MANY]) == expected
     # The ragged attention is switched on for the decoding steps only.
     assert batched.model.config._attn_implementation == "sdpa"
@@ -326,6 +326,15 @@ def test_ragged_decoding_only_for_plain_sdpa_models(tiny_model):
     windowed = copy.deepcopy(tiny_model)
     windowed.config.sliding_window = 4
     assert not supports_ragged_decoding(windowed)
+
+
+def test_ragged_step_refuses_row_starts_that_do_not_match_the_batch(tiny_model):
+    from bgm_model.readers.ragged_attention import ragged_sdpa_forward
+
+    attention = tiny_model.model.layers[0].self_attn
+    query, kv = torch.zeros(2, 4, 1, 8), torch.zeros(2, 2, 5, 8)
+    with pytest.raises(ValueError, match="3 row starts for a batch of 2 rows"):
+        ragged_sdpa_forward(attention, query, kv, kv, None, bgm_row_starts=[0, 1, 2])
 
 
 def test_decode_groups_ragged_bounded_by_cache_memory(tiny_reader_factory, monkeypatch):
