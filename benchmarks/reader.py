@@ -17,7 +17,7 @@ their wall-time ratio to naive, to reuse and to reuse+batched, their agreement w
 fp32) answers, and the max |difference| of ``score_batch`` on the naive answers of the first
 ``--score-prompts`` prompts.
 
-Run:  python benchmarks/reader.py [--questions 4 --candidates 6 --samples 4 --threads 1 --decode-batch 16]
+Run:  python benchmarks/reader.py [--questions 4 --candidates 6 --samples 4 --threads 1 --decode-batch 64]
 Full size of the issue: --questions 20 --candidates 10. Writes benchmarks/results/reader.json and prints a
 table (wall time, new tokens, ratios to naive, whether results are identical to naive).
 """
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--decode-batch", type=int, default=16, help="decode_batch_size of the batched reader"
+        "--decode-batch", type=int, default=64, help="decode_batch_size of the batched reader"
     )
     parser.add_argument("--workloads", default="sps,rl,eval", help="comma-separated subset of sps,rl,eval")
     parser.add_argument(
