@@ -13,7 +13,8 @@ Prompt on a cached prefix. ``n`` new tokens after ``P`` cached ones need a lower
 mask, the CPU flash kernel computes all ``n x (P + n)`` scores (it skips blocks only for ``is_causal``, which
 is top-left aligned, i.e. wrong here). With ``bgm_causal_prefix`` the new tokens attend to the prefix (no mask)
 and to themselves (``is_causal``) in two flash calls whose outputs are merged by their log-sum-exp, so
-``n x (P + n/2)`` scores are computed (~35% less attention time for 800 new tokens after 500 cached ones).
+``n x (P + n/2)`` scores are computed (SmolLM2, 821 new tokens after 543 cached: attention 0.87 s instead of
+1.06 s of a 3.1 s forward pass).
 CPU only (the merge needs the CPU flash kernel's log-sum-exp); elsewhere it is the masked SDPA call.
 
 Both are switched on per forward pass (``use_reader_attention(model)``) only for models whose attention

@@ -276,7 +276,7 @@ def test_ragged_step_equals_masked_step(tiny_model):
     from transformers import DynamicCache
 
     from bgm_model.readers.attention import use_reader_attention
-    from bgm_model.readers.hf import _Pages, _PagedLayer
+    from bgm_model.readers.hf import _PagedLayer, _Pages
 
     torch.manual_seed(1)
     lengths, longest = [5, 9, 3], 9
