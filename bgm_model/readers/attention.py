@@ -116,7 +116,8 @@ def _prefix_then_causal(
     out_n, lse_n = _cpu_flash(query, k_new, v_new, 0.0, True, scale=scale)[:2]
     lse = torch.logaddexp(lse_p, lse_n)
     out = out_p * (lse_p - lse).exp()[..., None] + out_n * (lse_n - lse).exp()[..., None]
-    return out.transpose(1, 2).contiguous(), None
+    # The log-sum-exps are float32; a bf16/fp16 model gets its own dtype back.
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 def supports_reader_attention(model: Any) -> bool:

@@ -354,6 +354,34 @@ def test_split_prefix_attention_equals_masked(tiny_model, prefix, new):
     assert (split - full).abs().max() <= 1e-4
 
 
+def test_split_prefix_attention_keeps_the_model_dtype(tiny_model):
+    # The merge runs in float32 (log-sum-exps); a bf16 model must get bf16 back (not a dtype error in o_proj),
+    # about as close to the fp32 model as the masked bf16 call is.
+    import copy
+
+    from transformers import DynamicCache
+
+    from bgm_model.readers.attention import use_reader_attention
+
+    torch.manual_seed(3)
+    ids = torch.randint(10, 500, (1, 16))
+    logits = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = copy.deepcopy(tiny_model).to(dtype)
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(input_ids=ids[:, :6], cache=cache, use_cache=True)
+            logits[dtype, "masked"] = model(input_ids=ids[:, 6:], cache=copy.deepcopy(cache), use_cache=True).logits
+            with use_reader_attention(model):
+                logits[dtype, "split"] = model(
+                    input_ids=ids[:, 6:], cache=cache, use_cache=True, bgm_causal_prefix=True
+                ).logits
+    assert logits[torch.bfloat16, "split"].dtype == torch.bfloat16
+    exact = logits[torch.float32, "masked"]
+    err = {way: (logits[torch.bfloat16, way].float() - exact).abs().max().item() for way in ("masked", "split")}
+    assert err["split"] <= 2 * err["masked"] + 1e-2, err
+
+
 def test_readers_with_and_without_split_attention_agree(tiny_reader_factory):
     questions = [QUESTION] * len(CANDIDATES)
     golds = ["Paris, France"] * len(CANDIDATES)
