@@ -55,7 +55,7 @@ def reader_sdpa_forward(
         return _ragged_step(query, key, value, bgm_row_spans, kwargs.get("scaling"))
     prefix = key.shape[2] - query.shape[2]
     if bgm_causal_prefix and prefix > 0 and query.shape[2] > 1 and _split_ok(query, key, kwargs):
-        return _prefix_then_causal(module, query, key, value, prefix, kwargs.get("scaling"))
+        return _prefix_then_causal(query, key, value, prefix, kwargs.get("scaling"))
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -95,7 +95,6 @@ def _split_ok(query: torch.Tensor, key: torch.Tensor, kwargs: dict[str, Any]) ->
 
 
 def _prefix_then_causal(
-    module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
