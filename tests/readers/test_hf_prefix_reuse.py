@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bgm_model.readers import attention
 from bgm_model.readers.base import clean_answer
 
 QUESTION = "where is the eiffel tower"
@@ -382,7 +383,19 @@ def test_split_prefix_attention_keeps_the_model_dtype(tiny_model):
     assert err["split"] <= 2 * err["masked"] + 1e-2, err
 
 
-def test_readers_with_and_without_split_attention_agree(tiny_reader_factory):
+def test_readers_with_and_without_split_attention_agree(tiny_reader_factory, monkeypatch):
+    from bgm_model.readers import hf
+
+    calls = []
+    split_forward = attention._prefix_then_causal
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape[2])
+        return split_forward(*args, **kwargs)
+
+    # The tiny prompts are far below the real threshold; split every prompt of 2+ new tokens here.
+    monkeypatch.setattr(hf, "_SPLIT_MIN_NEW_TOKENS", 2)
+    monkeypatch.setattr(attention, "_prefix_then_causal", counted)
     questions = [QUESTION] * len(CANDIDATES)
     golds = ["Paris, France"] * len(CANDIDATES)
     split, masked = tiny_reader_factory(), tiny_reader_factory(split_prefix_attention=False)
@@ -392,6 +405,11 @@ def test_readers_with_and_without_split_attention_agree(tiny_reader_factory):
     )
     assert split.answer_batch(questions, CANDIDATES) == masked.answer_batch(questions, CANDIDATES)
     assert split.stats.reused_tokens == masked.stats.reused_tokens > 0
+    assert calls and min(calls) >= 2  # the split path ran
+    monkeypatch.setattr(hf, "_SPLIT_MIN_NEW_TOKENS", 10_000)
+    calls.clear()
+    tiny_reader_factory().score_batch(questions, CANDIDATES, golds)
+    assert not calls  # short segments take the masked call
 
 
 def test_ragged_decoding_only_for_plain_sdpa_models(tiny_model):
