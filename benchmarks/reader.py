@@ -3,9 +3,11 @@ prefix reuse (calls one at a time) vs prefix reuse + batched greedy decoding (th
 
 Workloads (nq_open training questions; candidates = the gold passage plus seeded random corpus passages,
 shuffled; which passages they are does not change what a call costs):
-  (a) silver-sequence synthesis with ``bgm_model.training.silver.synthesize_one`` (EM reward, gold-answer
-      log-likelihood as the tie-breaker, default ``SilverConfig`` except ``max_length=--max-steps``): each
-      step sends one ``answer_batch`` and one ``score_batch`` for all extensions;
+  (a) silver-sequence synthesis with ``bgm_model.training.silver.synthesize`` (EM reward, gold-answer
+      log-likelihood as the tie-breaker, default ``SilverConfig`` except ``max_length=--max-steps`` and
+      ``lockstep=--lockstep``): each round sends one ``answer_and_score_batch`` for all extensions of the
+      ``lockstep`` questions searched together (the naive reader runs it as an ``answer_batch`` and a
+      ``score_batch``, every prompt in full; the others score the golds in each prompt's own pass);
   (b) RL: ``samples`` sampled passage sequences per question, one ``answer_batch`` for all;
   (c) evaluation: 5 methods per question (no passages, top-1, top-3, top-3 reversed, all candidates), one
       ``answer_batch`` for all questions and methods.
@@ -72,17 +74,17 @@ def load_questions(n: int, n_candidates: int, seed: int) -> list[dict[str, Any]]
     return out
 
 
-def silver_search(reader: Reader, q: dict[str, Any], max_steps: int) -> list[int]:
+def silver_search(reader: Reader, questions: list[dict[str, Any]], args: argparse.Namespace) -> list[list[int]]:
     from bgm_model.data import QAExample
-    from bgm_model.training.silver import SilverConfig, synthesize_one
+    from bgm_model.training.silver import SilverConfig, synthesize
 
-    example = QAExample(
-        id=str(q.get("id", q["question"])),
-        question=q["question"],
-        answers=q["answers"],
-        passages=q["candidates"],
-    )
-    return synthesize_one(example, reader, reward="em", config=SilverConfig(max_length=max_steps)).ids
+    examples = [
+        QAExample(id=str(q.get("id", q["question"])), question=q["question"], answers=q["answers"],
+                  passages=q["candidates"])
+        for q in questions
+    ]
+    config = SilverConfig(max_length=args.max_steps, lockstep=args.lockstep)
+    return [rec.ids for rec in synthesize(examples, reader, reward="em", config=config)]
 
 
 def prompts(workload: str, questions: list[dict[str, Any]], args: argparse.Namespace) -> tuple[list, list]:
@@ -113,7 +115,7 @@ def run(
         reader.reset_prefix_cache()
     start = time.perf_counter()
     if workload == "sps":
-        result: Any = [silver_search(reader, q, args.max_steps) for q in questions]
+        result: Any = silver_search(reader, questions, args)
     else:
         result = reader.answer_batch(*prompts(workload, questions, args))
     wall = time.perf_counter() - start
@@ -136,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=4)
     parser.add_argument("--candidates", type=int, default=6)
     parser.add_argument("--max-steps", type=int, default=3, help="silver search: at most this many passages")
+    parser.add_argument(
+        "--lockstep", type=int, default=16, help="silver search: questions searched together (SilverConfig.lockstep)"
+    )
     parser.add_argument("--samples", type=int, default=4, help="RL samples per question")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)"

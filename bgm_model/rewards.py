@@ -256,24 +256,30 @@ class AnswerLogLikelihood:
             )
         if not (len(answers) == len(gold_answers) == len(questions) == len(passage_lists)):
             raise ValueError("answers, gold_answers, questions and passage_lists must have the same length")
-        owners: list[int] = []
-        qs: list[str] = []
-        ps: list[Sequence[str]] = []
-        golds: list[str] = []
+        targets = self.targets(gold_answers)
+        owners = [i for i, ts in enumerate(targets) for _ in ts]
+        flat = [t for ts in targets for t in ts]
+        scores = reader.score_batch([questions[i] for i in owners], [passage_lists[i] for i in owners], flat) if flat else []
+        per_item: list[list[float]] = [[] for _ in targets]
+        for i, s in zip(owners, scores, strict=True):
+            per_item[i].append(float(s))
+        return self.best(per_item)
+
+    @staticmethod
+    def targets(gold_answers: Sequence[Sequence[str]]) -> list[list[str]]:
+        """The answers to score after each item's prompt: its distinct non-blank golds (in order)."""
+        out = []
         for i, gs in enumerate(gold_answers):
             unique = list(dict.fromkeys(g for g in _golds(gs) if g.strip()))
             if not unique:
                 raise ValueError(f"the 'loglik' reward needs a non-empty gold answer (item {i})")
-            for g in unique:
-                owners.append(i)
-                qs.append(questions[i])
-                ps.append(passage_lists[i])
-                golds.append(g)
-        scores = reader.score_batch(qs, ps, golds) if golds else []
-        best = [-math.inf] * len(answers)
-        for i, s in zip(owners, scores, strict=True):
-            best[i] = max(best[i], float(s))
-        return best
+            out.append(unique)
+        return out
+
+    @staticmethod
+    def best(scores: Sequence[Sequence[float]]) -> list[float]:
+        """The reward of each item from the scores of its :meth:`targets`: the best over its golds."""
+        return [max((float(s) for s in ss), default=-math.inf) for ss in scores]
 
     def __repr__(self) -> str:
         return "answer_loglik"

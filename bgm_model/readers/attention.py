@@ -1,6 +1,7 @@
-"""SDPA for the reader's cached calls: ragged batched decoding, and prompts run on a cached prefix.
+"""SDPA for the reader's cached calls: ragged batched decoding, prompts run on a cached prefix, and answers
+scored in a prompt's own pass.
 
-Two cases of ``HFReader`` where plain SDPA does more work than the maths needs, both exact up to float rounding:
+Three cases of ``HFReader`` where plain SDPA does more work than the maths needs, all exact up to float rounding:
 
 Ragged decoding. Left-padded to the longest prompt, a decoding group's cache is mostly padding (one question's
 five evaluation prompts run from ~60 to ~1,400 tokens), and a masked SDPA step reads every padded cell. Here
@@ -16,6 +17,11 @@ and to themselves (``is_causal``) in two flash calls whose outputs are merged by
 ``n x (P + n/2)`` scores are computed (SmolLM2, 821 new tokens after 543 cached: attention 0.87 s instead of
 1.06 s of a 3.1 s forward pass).
 CPU only (the merge needs the CPU flash kernel's log-sum-exp); elsewhere it is the masked SDPA call.
+
+Targets scored in the prompt's pass. Silver search scores gold answers after every prompt it answers. With
+``bgm_tree_mask`` (``[new tokens, cells]``, True = may attend) the prompt's new tokens and the tokens of several
+answers run in one pass: the prompt causally, each answer over the whole prompt and its own earlier tokens
+(a tree), instead of one more forward pass per answer later.
 
 Both are switched on per forward pass (``use_reader_attention(model)``) only for models whose attention
 implementation is ``"sdpa"``, without a sliding window. Any other call of the model is unchanged, also one
@@ -47,12 +53,15 @@ def reader_sdpa_forward(
     *,
     bgm_row_spans: list[tuple[int, int]] | None = None,
     bgm_causal_prefix: bool = False,
+    bgm_tree_mask: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """SDPA, except in the two cases above (``bgm_row_spans``: ragged step; ``bgm_causal_prefix``: the
-    batch-1, unpadded prompt after a cached prefix)."""
+    """SDPA, except in the cases above (``bgm_row_spans``: ragged step; ``bgm_causal_prefix``: the batch-1,
+    unpadded prompt after a cached prefix; ``bgm_tree_mask``: a prompt with targets scored in the same pass)."""
     if bgm_row_spans is not None and query.shape[2] == 1:
         return _ragged_step(query, key, value, bgm_row_spans, kwargs.get("scaling"))
+    if bgm_tree_mask is not None:
+        return _tree_masked(query, key, value, bgm_tree_mask, kwargs.get("scaling"))
     prefix = key.shape[2] - query.shape[2]
     if bgm_causal_prefix and prefix > 0 and query.shape[2] > 1 and _split_ok(query, key, kwargs):
         return _prefix_then_causal(query, key, value, prefix, kwargs.get("scaling"))
@@ -81,6 +90,21 @@ def _ragged_step(
         )
         rows.append(out.reshape(1, heads, 1, dim))
     return torch.cat(rows).transpose(1, 2).contiguous(), None
+
+
+def _tree_masked(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float | None
+) -> tuple[torch.Tensor, None]:
+    if query.shape[0] != 1 or tuple(mask.shape) != (query.shape[2], key.shape[2]):
+        raise ValueError(
+            f"a tree mask of shape {tuple(mask.shape)} does not fit {query.shape[2]} queries over {key.shape[2]} "
+            f"keys (batch {query.shape[0]}; only batch 1 is supported)"
+        )
+    groups = query.shape[1] // key.shape[1]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, repeat_kv(key, groups), repeat_kv(value, groups), attn_mask=mask[None, None], scale=scale
+    )
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _split_ok(query: torch.Tensor, key: torch.Tensor, kwargs: dict[str, Any]) -> bool:

@@ -189,6 +189,24 @@ class Reader(ABC):
     ) -> list[float]:
         raise NotImplementedError(f"{type(self).__name__} cannot score answers; use a local reader")
 
+    def _answer_and_score_uncached(
+        self,
+        questions: Sequence[str],
+        passage_lists: Sequence[Sequence[str]],
+        targets: Sequence[Sequence[str]],
+    ) -> tuple[list[str], list[list[float]]]:
+        """Greedy answers and the scores of ``targets[i]`` after prompt ``i``; readers that can do both in one
+        pass over each prompt override this (the default runs the two hooks one after the other)."""
+        answers = self._answer_uncached(questions, passage_lists)
+        owners = [i for i, ts in enumerate(targets) for _ in ts]
+        flat = self._score_uncached(
+            [questions[i] for i in owners], [passage_lists[i] for i in owners], [t for ts in targets for t in ts]
+        )
+        scores: list[list[float]] = [[] for _ in targets]
+        for i, s in zip(owners, flat, strict=True):
+            scores[i].append(float(s))
+        return list(answers), scores
+
     # -- public API ----------------------------------------------------------------------------------------
 
     def answer_batch(self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> list[str]:
@@ -236,6 +254,65 @@ class Reader(ABC):
 
         scores = self._through_cache(keys, compute)
         return [float(s) if s is not None else -math.inf for s in scores]
+
+    def answer_and_score_batch(
+        self,
+        questions: Sequence[str],
+        passage_lists: Sequence[Sequence[str]],
+        targets: Sequence[Sequence[str]],
+    ) -> tuple[list[str], list[list[float]]]:
+        """:meth:`answer_batch` and :meth:`score_batch` of the same prompts in one call.
+
+        Returns the greedy answer of every prompt and, for every prompt ``i``, the score of each string in
+        ``targets[i]`` (e.g. its gold answers) as the reply to it: the two things silver-sequence search asks
+        of each prompt. Results and cache entries are those of the two separate calls; a local reader with
+        prefix reuse computes both from one pass over each prompt instead of running it again to score.
+        """
+        if not self.supports_scoring:
+            raise NotImplementedError(f"{type(self).__name__} cannot score answers; use a local reader")
+        _check_inputs(questions, passage_lists)
+        if isinstance(targets, str) or len(targets) != len(questions):
+            raise ValueError("targets must be a sequence with one list of strings per prompt")
+        for i, ts in enumerate(targets):
+            if isinstance(ts, str):
+                raise TypeError(f"targets[{i}] must be a list of strings, not a single string")
+            _check_inputs([questions[i]] * len(ts), [passage_lists[i]] * len(ts), ts)
+        prompts = [self.prompt_text(q, ps) for q, ps in zip(questions, passage_lists, strict=True)]
+        answer_keys = [call_key(self.name, "answer", p) for p in prompts]
+        score_keys = [[call_key(self.name, "score", p, t) for t in ts] for p, ts in zip(prompts, targets, strict=True)]
+        found_a, todo_a = self._lookup(answer_keys)
+        found_s, todo_s = self._lookup([k for ks in score_keys for k in ks])
+        # Prompts to run (once per distinct prompt), with the union of the targets still to score after each.
+        need: dict[str, int] = {k: i for k, i in todo_a.items()}
+        missing: dict[str, list[str]] = {k: [] for k in need}
+        for i, (ks, ts) in enumerate(zip(score_keys, targets, strict=True)):
+            for k, t in zip(ks, ts, strict=True):
+                if k in todo_s and t not in missing.setdefault(answer_keys[i], []):
+                    need.setdefault(answer_keys[i], i)
+                    missing[answer_keys[i]].append(t)
+        if need:
+            idx = list(need.values())
+            start = time.perf_counter()
+            answers, scores = self._answer_and_score_uncached(
+                [questions[i] for i in idx], [passage_lists[i] for i in idx], [missing[k] for k in need]
+            )
+            answers = self._clean(answers, len(idx))
+            if len(scores) != len(idx) or any(len(s) != len(missing[k]) for s, k in zip(scores, need)):
+                raise RuntimeError(f"{type(self).__name__} returned scores that do not match the targets")
+            seconds = time.perf_counter() - start
+            new_s = {
+                call_key(self.name, "score", prompts[i], t): float(s)
+                for i, k, ss in zip(idx, need, scores, strict=True)
+                for t, s in zip(missing[k], ss, strict=True)
+            }
+            got_a = {k: a for k, a in zip(need, answers, strict=True) if k in todo_a}
+            self._store(found_a, {k: todo_a[k] for k in got_a}, list(got_a.values()), seconds)
+            self._store(found_s, {k: todo_s[k] for k in todo_s}, [new_s[k] for k in todo_s], 0.0)
+        found_scores = [[found_s[k] for k in ks] for ks in score_keys]
+        return (
+            [found_a[k] for k in answer_keys],
+            [[float(s) if s is not None else -math.inf for s in ss] for ss in found_scores],
+        )
 
     async def aanswer_batch(
         self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]

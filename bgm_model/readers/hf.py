@@ -497,13 +497,9 @@ class HFReader(TokenizerPrompts):
         self._kv_tokens = list(best)
         return best_len
 
-    def _run(self, ids: list[int], first_logit: int, *, decoding: bool = False) -> torch.Tensor:
-        """Run ``ids`` and return the logits at positions ``first_logit .. len(ids)-1`` (float32).
-
-        With prefix reuse, the kept cache is cropped to the longest common token prefix with ``ids`` (but
-        never past ``first_logit``: those positions must be run to get their logits) and only the rest runs.
-        A decoding step always extends its own call's cache.
-        """
+    def _reuse(self, ids: list[int], first_logit: int, *, decoding: bool) -> int:
+        """Make the kept cache hold the longest reusable prefix of ``ids`` (never past ``first_logit``, whose
+        logits must be computed), from the last sequence run or a remembered prompt; returns its length."""
         from transformers import DynamicCache
 
         reuse = 0
@@ -517,6 +513,16 @@ class HFReader(TokenizerPrompts):
                 self._kv.crop(reuse - cached)  # v5: a negative count of tokens to remove
         if reuse == 0:
             self._kv = DynamicCache(config=self.model.config)
+        return reuse
+
+    def _run(self, ids: list[int], first_logit: int, *, decoding: bool = False) -> torch.Tensor:
+        """Run ``ids`` and return the logits at positions ``first_logit .. len(ids)-1`` (float32).
+
+        With prefix reuse, the kept cache is cropped to the longest common token prefix with ``ids`` (but
+        never past ``first_logit``: those positions must be run to get their logits) and only the rest runs.
+        A decoding step always extends its own call's cache.
+        """
+        reuse = self._reuse(ids, first_logit, decoding=decoding)
         new = ids[reuse:]
         split = reuse > 0 and len(new) >= _SPLIT_MIN_NEW_TOKENS and self.splits_prefix_attention
         # The cache object is updated in place; if the pass fails half-way its layers disagree, so drop it.
@@ -575,33 +581,62 @@ class HFReader(TokenizerPrompts):
     @torch.inference_mode()
     def _greedy_text(self, ids: list[int]) -> str:
         with self._lock:
-            return self._greedy(ids)
+            return self._greedy(ids, None)[0]
 
     def _answer_uncached(self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> list[str]:
         prompts = [self.encode_prompt(q, ps) for q, ps in zip(questions, passage_lists, strict=True)]
+        return self._answer_prompts(prompts, None)[0]
+
+    def _answer_and_score_uncached(
+        self,
+        questions: Sequence[str],
+        passage_lists: Sequence[Sequence[str]],
+        targets: Sequence[Sequence[str]],
+    ) -> tuple[list[str], list[list[float]]]:
+        if not self.fuses_scoring:  # reference computation, or a model whose attention we cannot mask so
+            return super()._answer_and_score_uncached(questions, passage_lists, targets)
+        prompts = [self.encode_prompt(q, ps) for q, ps in zip(questions, passage_lists, strict=True)]
+        target_ids = [[self._encode_answer(t) for t in ts] for ts in targets]
+        for p, ts in zip(prompts, target_ids, strict=True):
+            self._check_length(len(p) + max([self.max_new_tokens, *map(len, ts)]), "prompt plus answer")
+        return self._answer_prompts(prompts, target_ids)
+
+    @property
+    def fuses_scoring(self) -> bool:
+        """Whether :meth:`answer_and_score_batch` scores its targets in the prompt's own prefill pass."""
+        return self.prefix_reuse and supports_reader_attention(self.model)
+
+    def _answer_prompts(
+        self, prompts: list[list[int]], targets: list[list[list[int]]] | None
+    ) -> tuple[list[str], list[list[float]]]:
+        """Greedy answers of ``prompts`` and, if ``targets`` are given, their scores after each prompt."""
         for p in prompts:
             self._check_length(len(p) + self.max_new_tokens, "prompt plus max_new_tokens")
         answers = [""] * len(prompts)
+        scores: list[list[float]] = [[] for _ in prompts]
         order = self._order(prompts)
         with self._lock:
             if self.decode_batch_size > 1 and len(prompts) > 1:
                 for group in self._decode_groups(order, prompts):
                     if len(group) == 1:  # nothing to batch: decode on the shared cache, no KV copy
-                        answers[group[0]] = self._greedy(prompts[group[0]])
+                        i = group[0]
+                        answers[i], scores[i] = self._greedy(prompts[i], targets[i] if targets else None)
                     else:
-                        batch = self._greedy_group([prompts[i] for i in group])
-                        for i, answer in zip(group, batch, strict=True):
-                            answers[i] = answer
+                        batch = self._greedy_group(
+                            [prompts[i] for i in group], [targets[i] for i in group] if targets else None
+                        )
+                        for i, answer, score in zip(group, *batch, strict=True):
+                            answers[i], scores[i] = answer, score
                     self.stats.prompt_tokens += sum(len(prompts[i]) for i in group)
             else:
                 for i in order:
-                    answers[i] = self._greedy(prompts[i])
+                    answers[i], scores[i] = self._greedy(prompts[i], targets[i] if targets else None)
                     self.stats.prompt_tokens += len(prompts[i])
                     if not self.prefix_reuse:
                         self._kv, self._kv_tokens = None, []
             if not self.prefix_reuse:
                 self._kv, self._kv_tokens = None, []
-        return answers
+        return answers, scores
 
     def _decode_groups(self, order: list[int], prompts: list[list[int]]) -> list[list[int]]:
         """Consecutive calls (in token order, so prefill reuse is untouched) that decode together.
@@ -647,7 +682,9 @@ class HFReader(TokenizerPrompts):
         item = next(self.model.parameters()).element_size()
         return int(layers * 2 * kv_heads * head_dim * item)
 
-    def _greedy_group(self, prompts: list[list[int]]) -> list[str]:
+    def _greedy_group(
+        self, prompts: list[list[int]], targets: list[list[list[int]]] | None = None
+    ) -> tuple[list[str], list[list[float]]]:
         """Greedy answers of ``prompts``: each prefilled on the shared prefix cache, then decoded together.
 
         Each row's prompt KV is copied into one group cache with room for the answer (decoding writes in
@@ -663,10 +700,11 @@ class HFReader(TokenizerPrompts):
         longest = max(lengths)
         buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         first: list[int] = []
+        scores: list[list[float]] = []
         for r, prompt in enumerate(prompts):
-            logits = self._run(prompt, first_logit=len(prompt) - 1)
-            self._remember_prompt()
-            first.append(int(logits[-1].argmax()))
+            logits, score = self._prefill(prompt, targets[r] if targets else None)
+            scores.append(score)
+            first.append(int(logits.argmax()))
             for li, layer in enumerate(self._kv.layers):
                 k, v = layer.keys[:, :, : lengths[r]], layer.values[:, :, : lengths[r]]  # [1, heads, len, dim]
                 if r == 0:
@@ -710,7 +748,7 @@ class HFReader(TokenizerPrompts):
             self._decode_ragged(buffers, pages, lengths, tokens, done, take)
         else:
             self._decode_masked(buffers, lengths, tokens, done, take)
-        return [str(self.tokenizer.decode(g, skip_special_tokens=True)) for g in generated]
+        return [str(self.tokenizer.decode(g, skip_special_tokens=True)) for g in generated], scores
 
     def _step(self, cache: Any, tokens: list[int], positions: torch.Tensor, **step_kwargs: Any) -> list[int]:
         """One decoding step of a group: one token per row in, each row's greedy next token out."""
@@ -786,13 +824,12 @@ class HFReader(TokenizerPrompts):
                 if not done[r]:
                     take(r, token)
 
-    def _greedy(self, prompt: list[int]) -> str:
+    def _greedy(self, prompt: list[int], targets: list[list[int]] | None) -> tuple[str, list[float]]:
         ids = list(prompt)
         generated: list[int] = []
-        logits = self._run(ids, first_logit=len(ids) - 1)
-        self._remember_prompt()
+        logits, scores = self._prefill(ids, targets)
         for step in range(self.max_new_tokens):
-            token = int(logits[-1].argmax())
+            token = int(logits.argmax())
             if token in self._stop_ids:
                 break
             generated.append(token)
@@ -804,8 +841,65 @@ class HFReader(TokenizerPrompts):
                 break
             if step + 1 < self.max_new_tokens:
                 ids.append(token)
-                logits = self._run(ids, first_logit=len(ids) - 1, decoding=True)
-        return str(self.tokenizer.decode(generated, skip_special_tokens=True))
+                logits = self._run(ids, first_logit=len(ids) - 1, decoding=True)[-1]
+        return str(self.tokenizer.decode(generated, skip_special_tokens=True)), scores
+
+    def _prefill(self, prompt: list[int], targets: list[list[int]] | None) -> tuple[torch.Tensor, list[float]]:
+        """Run ``prompt`` (on the reused prefix) and remember it; returns the logits of its next token and the
+        mean log-likelihood of each target after it.
+
+        Targets ride along in the same forward pass: their tokens follow the prompt's new tokens, each
+        target at the positions it would have right after the prompt, and a tree mask lets a target's tokens
+        see the whole prompt and their own earlier tokens only (so each score is that of the target alone
+        after the prompt). Their cells are then cropped, leaving exactly the prompt in the cache.
+        """
+        if not targets:
+            logits = self._run(prompt, first_logit=len(prompt) - 1)[-1]
+            self._remember_prompt()
+            return logits, []
+        reuse = self._reuse(prompt, len(prompt) - 1, decoding=False)
+        new, n_prompt = prompt[reuse:], len(prompt)
+        tails = [t[:-1] for t in targets]  # a target's last token is only predicted, never fed
+        fed = sum(map(len, tails))
+        positions = list(range(reuse, n_prompt))
+        mask = torch.zeros(len(new) + fed, n_prompt + fed, dtype=torch.bool, device=self.device)
+        mask[: len(new), :n_prompt] = torch.ones(len(new), n_prompt, dtype=torch.bool).tril(reuse)
+        mask[len(new) :, :n_prompt] = True
+        offset = 0
+        for tail in tails:
+            rows = slice(len(new) + offset, len(new) + offset + len(tail))
+            cells = slice(n_prompt + offset, n_prompt + offset + len(tail))
+            mask[rows, cells] = torch.ones(len(tail), len(tail), dtype=torch.bool).tril()
+            positions += range(n_prompt, n_prompt + len(tail))
+            offset += len(tail)
+        try:
+            with use_reader_attention(self.model):
+                out = self.model(
+                    input_ids=torch.tensor([new + [t for tail in tails for t in tail]], device=self.device),
+                    position_ids=torch.tensor([positions], device=self.device),
+                    **{self._cache_kwarg: self._kv},
+                    use_cache=True,
+                    logits_to_keep=fed + 1,
+                    bgm_tree_mask=mask,
+                )
+            if fed:
+                self._kv.crop(-fed)  # v5: a negative count of tokens to remove
+        except BaseException:
+            self._kv, self._kv_tokens = None, []
+            raise
+        self._kv_tokens = list(prompt)
+        self.stats.new_tokens += len(new) + fed
+        self.stats.reused_tokens += reuse
+        self.stats.prompt_tokens += fed
+        logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)  # row 0: the prompt's last token
+        self._remember_prompt()
+        scores, offset = [], 0
+        for target in targets:
+            rows = [0, *range(1 + offset, offset + len(target))]
+            offset += len(target) - 1
+            picked = logprobs[rows].gather(1, torch.tensor(target, device=logprobs.device)[:, None])
+            scores.append(float(picked.mean()))
+        return logprobs[0], scores
 
 
 def smollm2_gguf_path() -> Path:

@@ -26,6 +26,10 @@ scoring):
 
 * batching: all extensions of one step go to the reader in one ``answer_batch`` (and one ``score_batch``)
   call; they share the prompt prefix (question + current sequence), which the reader can reuse.
+* lockstep: ``lockstep`` questions (16) are searched together, one batch per step for all of them, so a
+  local reader decodes ~100 prompts at a time instead of ~10; and the gold log-likelihood tie-breaker comes
+  from ``Reader.answer_and_score_batch``, which ``HFReader`` computes in each prompt's own prefill pass.
+  Neither changes a decision.
 * dedupe: prompts with identical passage texts (e.g. duplicate candidates) are evaluated once per question.
 * ``stop_at_max``: stop as soon as the primary reaches its maximum (e.g. EM = 1). Lossless when the secondary
   is bounded and then at its maximum too (EM = 1 implies F1 = 1); with the log-likelihood secondary it
@@ -52,7 +56,7 @@ import logging
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +64,7 @@ from typing import Any
 from bgm_model.data import QAExample
 from bgm_model.readers.base import Reader
 from bgm_model.rewards import (
+    AnswerLogLikelihood,
     RewardFunc,
     answer_loglik,
     get_reward,
@@ -115,6 +120,11 @@ class SilverConfig:
     )
     batch: bool = field(default=True, metadata={"help": "one reader call per step instead of one per prompt"})
     dedupe: bool = field(default=True, metadata={"help": "evaluate identical prompts once per question"})
+    lockstep: int = field(
+        default=16,
+        metadata={"help": "questions searched together, their prompts of a step sent in one reader batch (needs "
+                  "batch; does not change the results)"},
+    )
 
     def __post_init__(self) -> None:
         if self.max_length < 0:
@@ -125,6 +135,8 @@ class SilverConfig:
             raise ValueError("top_m must be >= 1 or None")
         if self.min_gain < 0:
             raise ValueError("min_gain must be >= 0")
+        if self.lockstep < 1:
+            raise ValueError("lockstep must be >= 1")
 
     @classmethod
     def naive(cls, **overrides: Any) -> SilverConfig:
@@ -260,6 +272,17 @@ class _CountingReader(Reader):
         self.calls += 1
         return self.inner.score_batch(questions, passage_lists, answers)
 
+    def answer_and_score_batch(
+        self,
+        questions: Sequence[str],
+        passage_lists: Sequence[Sequence[str]],
+        targets: Sequence[Sequence[str]],
+    ) -> tuple[list[str], list[list[float]]]:
+        # Counted as the two calls it replaces.
+        self.prompts += len(questions) + sum(map(len, targets))
+        self.calls += 2
+        return self.inner.answer_and_score_batch(questions, passage_lists, targets)
+
 
 def _resolve_secondary(
     spec: str | RewardFunc | None, primary: RewardFunc, reader: Reader
@@ -286,78 +309,59 @@ def _beats(a: _Eval, b: _Eval, min_gain: float) -> bool:
     return abs(a.primary - b.primary) <= _EPS and a.secondary > b.secondary + min_gain
 
 
+#: What a search asks of the evaluator: the passage-text tuples to evaluate (an empty one is the empty sequence).
+_Request = list[tuple[str, ...]]
+
+
+@dataclass
+class _Outcome:
+    ids: list[int]
+    final: _Eval
+    trajectory: list[dict[str, Any]]
+    stop: str
+    naive_states: int
+    scanned: list[list[list[float]]]
+
+
 class _Search:
-    """Greedy search for one example; keeps the per-question prompt memo."""
+    """Greedy search for one example, as a generator of evaluation requests (so that many searches can share
+    the reader's batches: see :class:`_Evaluator`); keeps the per-question prompt memo and its reader cost."""
 
     def __init__(
-        self,
-        example: QAExample,
-        reader: _CountingReader,
-        primary: RewardFunc,
-        secondary: RewardFunc | None,
-        config: SilverConfig,
+        self, example: QAExample, secondary: RewardFunc | None, config: SilverConfig, max_value: float | None
     ) -> None:
         self.ex = example
-        self.reader = reader
-        self.primary = primary
         self.secondary = secondary
         self.config = config
-        self.needs_answer = reward_needs_answer(primary) or (
-            secondary is not None and reward_needs_answer(secondary)
-        )
+        self.max_value = max_value
         self.memo: dict[tuple[str, ...], _Eval] = {}
         self.states_sent = 0  # prompts-worth of states evaluated after dedupe
+        self.prompts = 0.0  # reader prompts spent on this question (its share of shared batches)
+        self.batches = 0  # reader calls this question took part in
 
-    def evaluate(self, states: list[tuple[int, ...]]) -> list[_Eval]:
+    def _evaluate(self, states: list[tuple[int, ...]]) -> Generator[_Request, list[_Eval], list[_Eval]]:
         keys = [tuple(self.ex.passages[i] for i in s) for s in states]
         todo = list(dict.fromkeys(k for k in keys if k not in self.memo)) if self.config.dedupe else keys
         self.states_sent += len(todo)
-        if self.config.batch:
-            results = self._evaluate_prompts(todo)
-        else:
-            results = [r for k in todo for r in self._evaluate_prompts([k])]
+        results = (yield todo) if todo else []
         if self.config.dedupe:
             self.memo.update(zip(todo, results, strict=True))
             return [self.memo[k] for k in keys]
         return results
 
-    def _evaluate_prompts(self, lists: list[tuple[str, ...]]) -> list[_Eval]:
-        if not lists:
-            return []
-        n = len(lists)
-        questions = [self.ex.question] * n
-        golds = [self.ex.answers] * n
-        answers: list[str] = (
-            self.reader.answer_batch(questions, [list(p) for p in lists]) if self.needs_answer else [""] * n
-        )
-        passage_lists = [list(p) for p in lists]
-
-        def score(reward: RewardFunc) -> list[float]:
-            return reward_batch(
-                reward, answers, golds, questions=questions, passage_lists=passage_lists, reader=self.reader
-            )
-
-        primary = score(self.primary)
-        secondary = score(self.secondary) if self.secondary is not None else [0.0] * n
-        return [
-            _Eval(float(p), float(s), a if self.needs_answer else None)
-            for p, s, a in zip(primary, secondary, answers, strict=True)
-        ]
-
-    def run(self) -> tuple[list[int], _Eval, list[dict[str, Any]], str, int, list[list[list[float]]]]:
+    def run(self) -> Generator[_Request, list[_Eval], _Outcome]:
         cfg = self.config
         n = len(self.ex.passages)
-        max_value = reward_max_value(self.primary)
         state: tuple[int, ...] = ()
         counts: Counter[int] = Counter()
-        current = self.evaluate([state])[0]
+        current = (yield from self._evaluate([state]))[0]
         trajectory = [self._step_record(state, current, evaluated=1)]
         naive_states = 1
         pool = list(range(n))
         scanned: list[list[list[float]]] = []
 
         def solved(e: _Eval) -> bool:
-            return cfg.stop_at_max and max_value is not None and e.primary >= max_value - _EPS
+            return cfg.stop_at_max and self.max_value is not None and e.primary >= self.max_value - _EPS
 
         stop = "solved" if solved(current) else "max_length"
         if stop != "solved":
@@ -367,7 +371,7 @@ class _Search:
                 if not candidates:
                     stop = "no_candidates"
                     break
-                results = self.evaluate([state + (i,) for i in candidates])
+                results = yield from self._evaluate([state + (i,) for i in candidates])
                 scanned.append([[i, r.primary, r.secondary] for i, r in zip(candidates, results, strict=True)])
                 best_i, best = candidates[0], results[0]
                 for i, r in zip(candidates[1:], results[1:], strict=True):
@@ -386,7 +390,7 @@ class _Search:
                 if solved(current):
                     stop = "solved"
                     break
-        return list(state), current, trajectory, stop, naive_states, scanned
+        return _Outcome(list(state), current, trajectory, stop, naive_states, scanned)
 
     def _top_m(self, candidates: list[int], results: list[_Eval], m: int) -> list[int]:
         # Rank with the same lexicographic rule (primary, secondary, earlier first); keep retriever order.
@@ -403,9 +407,161 @@ class _Search:
         }
 
 
+class _Evaluator:
+    """Evaluates the requests of many searches: with ``config.batch`` all their prompts go to the reader in
+    one ``answer_batch`` (and one scoring call), else one call per prompt.
+
+    When the reader can, answers and the gold log-likelihood tie-breaker come from one
+    :meth:`~bgm_model.readers.base.Reader.answer_and_score_batch` (a local reader then scores the golds in
+    the prompt's own forward pass). Each search is charged its share of the reader prompts of a batch (exact
+    for rewards whose reader prompts are one answer and/or one score per gold).
+    """
+
+    def __init__(
+        self, reader: Reader, primary: RewardFunc, secondary: RewardFunc | None, config: SilverConfig
+    ) -> None:
+        self.reader = _CountingReader(reader)
+        self.primary = primary
+        self.secondary = secondary
+        self.config = config
+        self.needs_answer = reward_needs_answer(primary) or (
+            secondary is not None and reward_needs_answer(secondary)
+        )
+        loglik = [r for r in (primary, secondary) if isinstance(r, AnswerLogLikelihood)]
+        self.fused = self.needs_answer and secondary in loglik and primary not in loglik and reader.supports_scoring
+        self.scores_golds = bool(loglik)
+
+    def __call__(self, requests: list[tuple[_Search, _Request]]) -> list[list[_Eval]]:
+        items = [(search, key) for search, keys in requests for key in keys]
+        chunks = [items] if self.config.batch else [[item] for item in items]
+        evals = [e for chunk in chunks if chunk for e in self._evaluate(chunk)]
+        out, at = [], 0
+        for _, keys in requests:
+            out.append(evals[at : at + len(keys)])
+            at += len(keys)
+        return out
+
+    def _evaluate(self, items: list[tuple[_Search, tuple[str, ...]]]) -> list[_Eval]:
+        prompts_before, calls_before = self.reader.prompts, self.reader.calls
+        n = len(items)
+        questions = [search.ex.question for search, _ in items]
+        golds = [search.ex.answers for search, _ in items]
+        passage_lists = [list(key) for _, key in items]
+        secondary: list[float] | None = None
+        if self.fused:
+            targets = AnswerLogLikelihood.targets(golds)
+            answers, target_scores = self.reader.answer_and_score_batch(questions, passage_lists, targets)
+            secondary = AnswerLogLikelihood.best(target_scores)
+        elif self.needs_answer:
+            answers = self.reader.answer_batch(questions, passage_lists)
+        else:
+            answers = [""] * n
+
+        def score(reward: RewardFunc) -> list[float]:
+            return reward_batch(
+                reward, answers, golds, questions=questions, passage_lists=passage_lists, reader=self.reader
+            )
+
+        primary = score(self.primary)
+        if secondary is None:
+            secondary = score(self.secondary) if self.secondary is not None else [0.0] * n
+        self._charge(items, self.reader.prompts - prompts_before, self.reader.calls - calls_before)
+        return [
+            _Eval(float(p), float(s), a if self.needs_answer else None)
+            for p, s, a in zip(primary, secondary, answers, strict=True)
+        ]
+
+    def _charge(self, items: list[tuple[_Search, tuple[str, ...]]], prompts: int, calls: int) -> None:
+        golds = AnswerLogLikelihood.targets([s.ex.answers for s, _ in items]) if self.scores_golds else None
+        weights = [int(self.needs_answer) + (len(golds[j]) if golds else 0) for j in range(len(items))]
+        if not sum(weights):
+            weights = [1] * len(items)
+        for (search, _), w in zip(items, weights, strict=True):
+            search.prompts += prompts * w / sum(weights)
+        for search in {id(s): s for s, _ in items}.values():
+            search.batches += calls
+
+
+def _run_searches(
+    examples: Iterable[QAExample],
+    reader: Reader,
+    primary: RewardFunc,
+    secondary: RewardFunc | None,
+    config: SilverConfig,
+) -> Iterator[tuple[_Search, _Outcome]]:
+    """Run the searches of ``examples`` in lockstep, ``config.lockstep`` at a time, and yield them in order.
+
+    Each round sends the current requests of every running search to the reader together, so the reader's
+    batches hold the prompts of many questions (on a CPU, batched decoding of ~50 rows costs little more
+    per step than of ~5). A finished search's place goes to the next question at once. Lockstep changes which
+    prompts share a batch, never a search's decisions.
+    """
+    evaluate = _Evaluator(reader, primary, secondary, config)
+    max_value = reward_max_value(primary)
+    width = config.lockstep if config.batch else 1
+    queue = iter(examples)
+    running: list[tuple[int, _Search, Generator[_Request, list[_Eval], _Outcome], _Request]] = []
+    finished: dict[int, tuple[_Search, _Outcome]] = {}
+    started = emitted = 0
+
+    def start(index: int, search: _Search, steps: Generator[_Request, list[_Eval], _Outcome], reply: Any) -> None:
+        try:
+            running.append((index, search, steps, steps.send(reply)))
+        except StopIteration as done:
+            finished[index] = (search, done.value)
+
+    while True:
+        while len(running) < width:
+            example = next(queue, None)
+            if example is None:
+                break
+            search = _Search(example, secondary, config, max_value)
+            start(started, search, search.run(), None)
+            started += 1
+        while emitted in finished:
+            yield finished.pop(emitted)
+            emitted += 1
+        if not running:
+            return
+        replies = evaluate([(search, request) for _, search, _, request in running])
+        advancing, running[:] = list(running), []
+        for (index, search, steps, _), reply in zip(advancing, replies, strict=True):
+            start(index, search, steps, reply)
+
+
 def _naive_steps_after(stop: str, length: int, max_length: int) -> bool:
     """Whether naive greedy would scan one more step than we did (it has no early stop at the maximum)."""
     return stop == "solved" and length < max_length
+
+
+def _record(search: _Search, outcome: _Outcome, primary: RewardFunc, config: SilverConfig) -> SilverSequence:
+    example, secondary = search.ex, search.secondary
+    naive_states = outcome.naive_states
+    if _naive_steps_after(outcome.stop, len(outcome.ids), config.max_length):
+        # Naive greedy does not stop at the maximum: it scans one more step and finds no improvement.
+        counts = Counter(outcome.ids)
+        naive_states += sum(1 for i in range(len(example.passages)) if counts[i] < config.max_repeats)
+    # Every state costs the same prompts (one generation and/or one scoring per gold), so scale by that.
+    prompts_per_state = search.prompts / search.states_sent if search.states_sent else 0.0
+    return SilverSequence(
+        id=example.id,
+        question=example.question,
+        passages=list(example.passages),
+        answers=list(example.answers),
+        ids=outcome.ids,
+        answer=outcome.final.answer,
+        score=outcome.final.primary,
+        secondary_score=outcome.final.secondary if secondary is not None else None,
+        trajectory=outcome.trajectory,
+        stop_reason=outcome.stop,
+        reward=reward_name(primary),
+        secondary=reward_name(secondary) if secondary is not None else None,
+        reader_calls=round(search.prompts),
+        reader_batches=search.batches,
+        naive_reader_calls=round(naive_states * prompts_per_state),
+        source=example.source,
+        scanned=outcome.scanned,
+    )
 
 
 def synthesize_one(
@@ -416,41 +572,9 @@ def synthesize_one(
     config: SilverConfig | None = None,
 ) -> SilverSequence:
     """The silver sequence of one example (see the module docstring for the search and tie rule)."""
-    config = config or SilverConfig()
     if not example.answers:
         raise ValueError(f"example {example.id!r} has no gold answers; a silver sequence needs them")
-    primary = get_reward(reward) if isinstance(reward, str) else reward
-    secondary = _resolve_secondary(config.secondary, primary, reader)
-    counting = _CountingReader(reader)
-    search = _Search(example, counting, primary, secondary, config)
-    ids, final, trajectory, stop, naive_states, scanned = search.run()
-
-    if _naive_steps_after(stop, len(ids), config.max_length):
-        # Naive greedy does not stop at the maximum: it scans one more step and finds no improvement.
-        counts = Counter(ids)
-        naive_states += sum(1 for i in range(len(example.passages)) if counts[i] < config.max_repeats)
-    # Every state costs the same prompts (one generation and/or one scoring per gold), so scale by that.
-    prompts_per_state = counting.prompts / search.states_sent if search.states_sent else 0.0
-    naive_calls = round(naive_states * prompts_per_state)
-    return SilverSequence(
-        id=example.id,
-        question=example.question,
-        passages=list(example.passages),
-        answers=list(example.answers),
-        ids=ids,
-        answer=final.answer,
-        score=final.primary,
-        secondary_score=final.secondary if secondary is not None else None,
-        trajectory=trajectory,
-        stop_reason=stop,
-        reward=reward_name(primary),
-        secondary=reward_name(secondary) if secondary is not None else None,
-        reader_calls=counting.prompts,
-        reader_batches=counting.calls,
-        naive_reader_calls=naive_calls,
-        source=example.source,
-        scanned=scanned,
-    )
+    return next(synthesize([example], reader, reward=reward, config=config))
 
 
 def synthesize(
@@ -461,24 +585,31 @@ def synthesize(
     config: SilverConfig | None = None,
     skip_ids: Iterable[str] = (),
 ) -> Iterator[SilverSequence]:
-    """Silver sequences of ``examples``, lazily and in order.
+    """Silver sequences of ``examples``, lazily and in order (searched ``config.lockstep`` at a time).
 
     Examples whose id is in ``skip_ids`` are skipped silently, those without gold answers with a warning.
     Duplicate ids raise ``ValueError`` (files resume by id, so a duplicate would be lost).
     """
     config = config or SilverConfig()
+    primary = get_reward(reward) if isinstance(reward, str) else reward
+    secondary = _resolve_secondary(config.secondary, primary, reader)
     skip = set(skip_ids)
-    seen: set[str] = set()
-    for ex in examples:
-        if ex.id in seen:
-            raise ValueError(f"duplicate example id {ex.id!r}")
-        seen.add(ex.id)
-        if ex.id in skip:
-            continue
-        if not ex.answers:
-            logger.warning("skipping example %r: no gold answers", ex.id)
-            continue
-        yield synthesize_one(ex, reader, reward=reward, config=config)
+
+    def todo() -> Iterator[QAExample]:
+        seen: set[str] = set()
+        for ex in examples:
+            if ex.id in seen:
+                raise ValueError(f"duplicate example id {ex.id!r}")
+            seen.add(ex.id)
+            if ex.id in skip:
+                continue
+            if not ex.answers:
+                logger.warning("skipping example %r: no gold answers", ex.id)
+                continue
+            yield ex
+
+    for search, outcome in _run_searches(todo(), reader, primary, secondary, config):
+        yield _record(search, outcome, primary, config)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -552,6 +683,7 @@ def settings_path(path: str | os.PathLike[str]) -> Path:
 def _settings(reward: str | RewardFunc, config: SilverConfig) -> dict[str, Any]:
     primary = get_reward(reward) if isinstance(reward, str) else reward
     data = asdict(config)
+    del data["lockstep"]  # how many questions share a batch changes the speed, not the sequences
     secondary = data["secondary"]
     data["secondary"] = secondary if secondary is None or isinstance(secondary, str) else reward_name(secondary)
     return {"reward": reward_name(primary), **data}

@@ -463,3 +463,104 @@ def test_decode_groups_respect_size_cap_and_padding_budget(tiny_reader_factory, 
     assert groups == [[0, 1, 2], [3, 4], [5, 6]]
     with pytest.raises(ValueError, match="decode_batch_size"):
         tiny_reader_factory(decode_batch_size=0)
+
+
+# -- answers and target scores from one pass (answer_and_score_batch) -----------------------------------------
+
+# Several targets per prompt, of 1 token ("Paris"), several tokens and a repeated one; a prompt with none.
+FUSED_TARGETS = [["Paris", "Paris, France", "the Eiffel Tower in Paris"], ["Berlin"], [], ["Paris", "Fuji"]]
+FUSED_PROMPTS = [(QUESTION, PASSAGES[:2]), (QUESTION, PASSAGES[:1]), ("who built it", PASSAGES[2:]),
+                 (QUESTION, [PASSAGES[0], PASSAGES[3]])]
+
+
+@pytest.mark.parametrize("group", [1, 16])
+def test_answer_and_score_equals_separate_reference_calls(tiny_reader_factory, reference_answers, group):
+    questions, lists = [q for q, _ in FUSED_PROMPTS], [ps for _, ps in FUSED_PROMPTS]
+    reference = tiny_reader_factory(prefix_reuse=False, decode_batch_size=1, max_new_tokens=12)
+    assert not reference.fuses_scoring
+    ref_answers = reference.answer_batch(questions, lists)
+    reader = tiny_reader_factory(decode_batch_size=group, max_new_tokens=12)
+    assert reader.fuses_scoring
+    answers, scores = reader.answer_and_score_batch(questions, lists, FUSED_TARGETS)
+    assert answers == ref_answers
+    assert [len(s) for s in scores] == [len(t) for t in FUSED_TARGETS]
+    for (q, ps), targets, got in zip(FUSED_PROMPTS, FUSED_TARGETS, scores, strict=True):
+        for target, score in zip(targets, got, strict=True):
+            ref = full_forward_logprobs(reader, q, ps, target).mean().item()
+            assert score == pytest.approx(ref, abs=1e-4), (q, target)
+    # The targets cost only their own tokens in the prompts' passes: no prompt ran twice.
+    fed = sum(len(reader._encode_answer(t)) - 1 for ts in FUSED_TARGETS for t in ts)
+    prompts_only = tiny_reader_factory(decode_batch_size=group, max_new_tokens=12)
+    prompts_only.answer_batch(questions, lists)
+    assert reader.stats.new_tokens == prompts_only.stats.new_tokens + fed
+    # The kept cache holds the prompt alone afterwards: scoring again (from the remembered prompts) agrees.
+    flat = [(i, t) for i, ts in enumerate(FUSED_TARGETS) for t in ts]
+    again = reader.score_batch([questions[i] for i, _ in flat], [lists[i] for i, _ in flat], [t for _, t in flat])
+    assert again == pytest.approx([s for ss in scores for s in ss], abs=1e-4)
+
+
+def test_answer_and_score_through_the_cache(tiny_reader_factory, tmp_path):
+    questions, lists = [q for q, _ in FUSED_PROMPTS], [ps for _, ps in FUSED_PROMPTS]
+    reader = tiny_reader_factory(cache=tmp_path / "calls")
+    answers, scores = reader.answer_and_score_batch(questions, lists, FUSED_TARGETS)
+    n_targets = sum(map(len, FUSED_TARGETS))
+    assert reader.stats.computed == len(questions) + n_targets
+    # The entries are those of the separate calls: a fresh reader on the same cache runs nothing.
+    fresh = tiny_reader_factory(cache=tmp_path / "calls")
+    assert fresh.answer_batch(questions, lists) == answers
+    flat = [(i, t) for i, ts in enumerate(FUSED_TARGETS) for t in ts]
+    assert fresh.score_batch([questions[i] for i, _ in flat], [lists[i] for i, _ in flat], [t for _, t in flat]) == [
+        s for ss in scores for s in ss
+    ]
+    assert fresh.answer_and_score_batch(questions, lists, FUSED_TARGETS) == (answers, scores)
+    assert fresh.stats.computed == 0 and fresh.stats.new_tokens == 0
+    # A new target after a cached answer: only that prompt runs, and only the new score is computed.
+    more = [ts + (["Germany"] if i == 1 else []) for i, ts in enumerate(FUSED_TARGETS)]
+    answers2, scores2 = fresh.answer_and_score_batch(questions, lists, more)
+    assert answers2 == answers and scores2[0] == scores[0] and scores2[1][:1] == scores[1]
+    assert fresh.stats.computed == 1
+    ref = full_forward_logprobs(fresh, questions[1], lists[1], "Germany").mean().item()
+    assert scores2[1][1] == pytest.approx(ref, abs=1e-4)
+
+
+def test_answer_and_score_bad_inputs(tiny_reader_factory):
+    reader = tiny_reader_factory()
+    with pytest.raises(ValueError, match="one list of strings per prompt"):
+        reader.answer_and_score_batch([QUESTION], [PASSAGES[:1]], [])
+    with pytest.raises(TypeError, match="single string"):
+        reader.answer_and_score_batch([QUESTION], [PASSAGES[:1]], ["Paris"])
+    with pytest.raises(ValueError, match="empty"):
+        reader.answer_and_score_batch([QUESTION], [PASSAGES[:1]], [["  "]])
+    assert reader.answer_and_score_batch([], [], []) == ([], [])
+    assert reader.stats.new_tokens == 0
+
+
+def test_tree_mask_that_does_not_fit_is_a_clear_error():
+    q, k = torch.zeros(1, 4, 3, 8), torch.zeros(1, 2, 5, 8)
+    with pytest.raises(ValueError, match="does not fit"):
+        attention.reader_sdpa_forward(None, q, k, k, None, bgm_tree_mask=torch.ones(3, 4, dtype=torch.bool))
+
+
+def test_silver_search_with_one_pass_scoring_equals_the_reference_reader(tiny_reader_factory):
+    from bgm_model.data import QAExample
+    from bgm_model.training.silver import SilverConfig, synthesize
+
+    examples = [
+        QAExample(id=str(i), question=q, answers=golds, passages=PASSAGES)
+        for i, (q, golds) in enumerate(
+            [(QUESTION, ["Paris", "in Paris, France"]), ("who built the tower", ["Gustave Eiffel"]),
+             ("what is the highest mountain in japan", ["Mount Fuji"])]
+        )
+    ]
+    config = SilverConfig(max_length=2, top_m=3, secondary_extends=True)
+    reference = tiny_reader_factory(prefix_reuse=False, decode_batch_size=1)
+    fused = tiny_reader_factory()
+    expected = list(synthesize(examples, reference, reward="f1", config=config))
+    got = list(synthesize(examples, fused, reward="f1", config=config))
+    assert fused.fuses_scoring and fused.stats.computed == reference.stats.computed
+    for a, b in zip(expected, got, strict=True):
+        assert a.secondary == b.secondary == "loglik"
+        assert (a.ids, a.answer, a.stop_reason, a.reader_calls) == (b.ids, b.answer, b.stop_reason, b.reader_calls)
+        assert [s["primary"] for s in a.trajectory] == [s["primary"] for s in b.trajectory]
+        assert [s["secondary"] for s in a.trajectory] == pytest.approx([s["secondary"] for s in b.trajectory], abs=1e-4)
+    assert fused.stats.new_tokens < reference.stats.new_tokens / 3

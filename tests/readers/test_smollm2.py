@@ -94,3 +94,25 @@ def test_greedy_answers_identical_with_and_without_reuse(smollm2):
         smollm2.tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True)
     )
     assert "paris" in reused[0].lower()
+
+
+def test_answer_and_score_in_one_pass_equals_uncached(smollm2):
+    # What silver search asks of each prompt: the greedy answer and the gold answers' scores after it.
+    from bgm_model.readers.hf import HFReader
+
+    questions, lists = [q for q, _ in FIXED], [ps for _, ps in FIXED]
+    targets = [["Paris", "Paris, France"] if q == QUESTION else ["Gustave Eiffel"] for q in questions]
+    reference = HFReader(
+        smollm2.model, smollm2.tokenizer, name="reference", cache=False,
+        max_new_tokens=smollm2.max_new_tokens, prefix_reuse=False, decode_batch_size=1,
+    )
+    smollm2.reset_prefix_cache()
+    smollm2.decode_batch_size = 16
+    assert smollm2.fuses_scoring
+    answers, scores = smollm2.answer_and_score_batch(questions, lists, targets)
+    assert answers == reference.answer_batch(questions, lists)
+    owners = [i for i, ts in enumerate(targets) for _ in ts]
+    flat = [t for ts in targets for t in ts]
+    uncached = reference.score_batch([questions[i] for i in owners], [lists[i] for i in owners], flat)
+    diffs = [abs(a - b) for a, b in zip([s for ss in scores for s in ss], uncached, strict=True)]
+    assert max(diffs) <= 1e-3

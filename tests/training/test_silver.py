@@ -155,9 +155,43 @@ def test_call_reduction_against_naive_greedy_on_the_toy() -> None:
     assert [r.reader_calls for r in naive] == [30] * 10 and [r.reader_batches for r in naive] == [30] * 10
     assert [r.reader_calls for r in fast] == [16] * 10 and [r.reader_batches for r in fast] == [3] * 10
     assert naive_reader.answer_prompts == 300 and fast_reader.answer_prompts == 160
-    assert naive_reader.answer_calls == 300 and fast_reader.answer_calls == 30
+    # The ten searches ran in lockstep: one reader call per round for all of them.
+    assert naive_reader.answer_calls == 300 and fast_reader.answer_calls == 3
     # The per-record estimate of the naive cost matches what naive greedy really sent.
     assert [r.naive_reader_calls for r in fast] == [r.reader_calls for r in naive]
+
+
+@pytest.mark.parametrize("scoring", [False, True])
+def test_lockstep_changes_the_batches_not_the_records(scoring: bool) -> None:
+    # Solvable toy questions take 3 rounds; the unsolvable ones (no passage holds their answer) stop earlier,
+    # so searches finish at different rounds and the next questions take their places mid-run.
+    examples = make_toy_examples(9, n_passages=6, seed=11)
+    for ex in examples[1::3]:
+        ex.answers = ["no such code"]
+    records = {}
+    calls = {}
+    for width in (1, 4, 16):
+        reader = ToyReader(supports_scoring=scoring)
+        records[width] = list(synthesize(examples, reader, reward="em", config=SilverConfig(lockstep=width)))
+        calls[width] = reader.answer_calls
+    assert [r.id for r in records[4]] == [e.id for e in examples]  # in input order
+    stops = {r.stop_reason for r in records[1]}
+    assert stops == {"solved", "no_improvement"}
+    for width in (4, 16):
+        for one, many in zip(records[1], records[width], strict=True):
+            assert {**one.to_dict(), "reader_batches": 0} == {**many.to_dict(), "reader_batches": 0}
+    assert calls[1] > calls[4] > calls[16] == 3
+    assert sum(r.reader_batches for r in records[16]) > calls[16]  # each record counts the calls it shared
+    with pytest.raises(ValueError, match="lockstep"):
+        SilverConfig(lockstep=0)
+
+
+def test_lockstep_width_is_not_a_search_setting(tmp_path: Path) -> None:
+    examples = make_toy_examples(4, 5, seed=2)
+    path = tmp_path / "silver.jsonl"
+    synthesize_to_file(examples[:2], ToyReader(), path, config=SilverConfig(lockstep=1))
+    stats = synthesize_to_file(examples, ToyReader(), path, config=SilverConfig(lockstep=8))  # no settings error
+    assert stats.written == 2 and len(read_silver(path)) == 4
 
 
 def test_call_counts_include_scoring_prompts() -> None:
@@ -206,7 +240,8 @@ def test_resumption_skips_done_ids_and_survives_a_truncated_line(tmp_path: Path)
     reader = ToyReader()
     second = synthesize_to_file(examples, reader, path)
     assert second.skipped_done == 4 and second.written == 2
-    assert reader.answer_calls == 2 * 3  # only the two new questions reached the reader
+    assert reader.answer_prompts == 2 * 11  # only the two new questions reached the reader (3 lockstep calls)
+    assert reader.answer_calls == 3
     records = read_silver(path)
     assert [r.id for r in records] == [e.id for e in examples]
     assert all(r.ids == toy_optimal_ids(e) for r, e in zip(records, examples, strict=True))
