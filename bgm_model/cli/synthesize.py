@@ -105,6 +105,13 @@ def register(subparsers: Any) -> None:
         "lengthen the sequence)",
     )
     p.add_argument(
+        "--lockstep",
+        type=int,
+        default=16,
+        help="questions searched together, their prompts of a round sent to the reader in one batch "
+        "(speed only; 1: question by question)",
+    )
+    p.add_argument(
         "--naive",
         action="store_true",
         help="plain greedy: no batching, dedupe, pruning or early stop (to measure the savings)",
@@ -129,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if secondary not in (None, "auto"):
         get_reward(secondary)
     overrides = dict(max_length=args.max_length, max_repeats=args.max_repeats, secondary=secondary,
-                     secondary_extends=not args.no_secondary_extends)
+                     secondary_extends=not args.no_secondary_extends, lockstep=args.lockstep)
     if args.naive:
         config = SilverConfig.naive(**overrides)
     else:
