@@ -78,10 +78,10 @@ def load_split(args: argparse.Namespace, embedder: Any = None) -> tuple[str, lis
                               embedder=embedder)
         dev = load_examples(bundled_dataset(args.dataset, "dev"), top_k=args.top_k, limit=args.dev_questions,
                             embedder=embedder)
-        return args.dataset, train, dev
+        return args.name or args.dataset, train, dev
     if args.dataset == "musique":
         examples = load_examples(shared_data_dir() / "musique" / "train.jsonl")
-        return ("musique", *split_off_dev(examples, args))
+        return (args.name or "musique", *split_off_dev(examples, args))
     raise SystemExit(f"unknown --dataset {args.dataset!r}")
 
 

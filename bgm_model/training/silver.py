@@ -162,6 +162,7 @@ class SilverSequence:
     reward: str
     secondary: str | None
     reader_calls: int
+    #: Reader calls this question's prompts went out in (shared with the other questions of a lockstep round).
     reader_batches: int
     naive_reader_calls: int
     source: str | None = None
@@ -233,6 +234,7 @@ class SynthesisStats:
     skipped_done: int = 0
     skipped_no_answers: int = 0
     reader_calls: int = 0
+    #: Reader method calls of the run (a lockstep round's call counts once, not once per question in it).
     reader_batches: int = 0
     naive_reader_calls: int = 0
 
@@ -751,14 +753,16 @@ def synthesize_to_file(
         logger.info("%s: %d of %d questions already done, resuming", path, stats.skipped_done, len(examples))
     todo = len(examples) - stats.skipped_done - stats.skipped_no_answers
 
+    counting = _CountingReader(reader)
+
     def counted() -> Iterator[SilverSequence]:
         from tqdm.auto import tqdm
 
-        records = synthesize(examples, reader, reward=reward, config=config, skip_ids=done)
+        records = synthesize(examples, counting, reward=reward, config=config, skip_ids=done)
         for rec in tqdm(records, total=todo, desc="silver sequences", unit="q"):
             stats.written += 1
             stats.reader_calls += rec.reader_calls
-            stats.reader_batches += rec.reader_batches
+            stats.reader_batches = counting.calls
             stats.naive_reader_calls += rec.naive_reader_calls
             if log_every and stats.written % log_every == 0:
                 logger.info(
@@ -771,6 +775,7 @@ def synthesize_to_file(
             yield rec
 
     write_silver(counted(), path)
+    stats.reader_batches = counting.calls
     logger.info(
         "wrote %d silver sequences to %s: %d reader calls in %d batches (naive greedy: %d, -%.0f%%)",
         stats.written,

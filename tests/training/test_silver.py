@@ -241,7 +241,7 @@ def test_resumption_skips_done_ids_and_survives_a_truncated_line(tmp_path: Path)
     second = synthesize_to_file(examples, reader, path)
     assert second.skipped_done == 4 and second.written == 2
     assert reader.answer_prompts == 2 * 11  # only the two new questions reached the reader (3 lockstep calls)
-    assert reader.answer_calls == 3
+    assert reader.answer_calls == 3 and second.reader_batches == 3  # the run's calls, each counted once
     records = read_silver(path)
     assert [r.id for r in records] == [e.id for e in examples]
     assert all(r.ids == toy_optimal_ids(e) for r, e in zip(records, examples, strict=True))
