@@ -283,7 +283,7 @@ class Reader(ABC):
         found_a, todo_a = self._lookup(answer_keys)
         found_s, todo_s = self._lookup([k for ks in score_keys for k in ks])
         # Prompts to run (once per distinct prompt), with the union of the targets still to score after each.
-        need: dict[str, int] = {k: i for k, i in todo_a.items()}
+        need: dict[str, int] = dict(todo_a)
         missing: dict[str, list[str]] = {k: [] for k in need}
         for i, (ks, ts) in enumerate(zip(score_keys, targets, strict=True)):
             for k, t in zip(ks, ts, strict=True):
