@@ -209,7 +209,9 @@ def markdown(name: str, report: Any, summary: dict[str, Any], command: str, info
         "",
         f"`{command}`",
         "",
-        f"{info['train']} training questions, {report.n_examples} dev questions, {info['candidates']} candidates "
+        f"{info['train']} training questions"
+        + (f" ({info['validation']} of them held out to choose the RL step)" if info.get("validation") else "")
+        + f", {report.n_examples} dev questions, {info['candidates']} candidates "
         f"per question; reader `{report.reader}`; reader time {report.reader_seconds / 60:.1f} min for "
         f"{report.reader_calls} answers (cache hits included). Best fixed heuristic (chosen on dev): "
         f"**{summary['best fixed heuristic']}**" + (f"; best cross-encoder: **{summary['best cross-encoder']}**"
@@ -226,6 +228,11 @@ def markdown(name: str, report: Any, summary: dict[str, Any], command: str, info
                 lines.append(f"- {method}: {what}: {value['mean']:+.3f} [{value['ci_low']:+.3f}, {value['ci_high']:+.3f}]")
             elif value is not None:
                 lines.append(f"- {method}: {what}: {value:.2f}")
+    selection = summary.get("rl_selection")
+    if selection:
+        rewards = ", ".join(f"step {k}: {v:.3f}" for k, v in selection["validation_reward"].items())
+        lines += ["", f"BGM SL+RL is the RL step with the best reward on {selection['validation_questions']} held-out "
+                  f"training questions: step {selection['kept_step']} (0 = the SL bridge) of {rewards}."]
     if oracle_report is not None:
         lines += ["", f"Upper bound: the SPS oracle searched with the gold answers, on {oracle_report.n_examples} "
                   f"of the {report.n_examples} dev questions, next to the same questions' other results:", "",
@@ -299,6 +306,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rl-samples", type=int, default=defaults.rl_samples)
     p.add_argument("--rl-batch-size", type=int, default=defaults.rl_batch_size)
     p.add_argument("--rl-learning-rate", type=float, default=defaults.rl_learning_rate)
+    p.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction,
+                   help="share of the training questions held out of silver search, SL and RL to choose the RL "
+                        "step by (the SL start included); 0: the last RL step is kept")
+    p.add_argument("--rl-eval-steps", type=int, default=defaults.rl_eval_steps,
+                   help="evaluate on the validation questions every N RL steps (0: at the start and end only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--work-dir", default=None, help="silver sequences, bridges, cross-encoder (default: bgm_output/quality/NAME)")
@@ -350,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         sl_learning_rate=args.sl_learning_rate, sl_soft_target_weight=args.sl_soft_target_weight,
         freeze_encoder_layers=args.freeze_encoder_layers, rl_steps=args.rl_steps, rl_samples=args.rl_samples,
         rl_batch_size=args.rl_batch_size, rl_learning_rate=args.rl_learning_rate, seed=args.seed,
+        validation_fraction=args.validation_fraction, rl_eval_steps=args.rl_eval_steps,
     )
     trained = train_bridge(train, reader, work / "bgm", recipe, reuse=True)
     seconds.update(trained.seconds)
@@ -389,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     report = evaluate(dev, reader, methods, batch_size=8)
     summary = summarise(report, groups, args.metric)
+    if trained.rl_selection is not None:
+        summary["rl_selection"] = trained.rl_selection
     oracle_report = None
     if oracle:
         # The upper bound next to the methods it bounds, on the questions it was searched for (cached answers).
@@ -401,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds["total"] = time.perf_counter() - t0
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    info = {"train": len(train), "dev": len(dev), "candidates": round(sum(len(e.passages) for e in dev) / len(dev), 1)}
+    info = {"train": len(train), "dev": len(dev), "candidates": round(sum(len(e.passages) for e in dev) / len(dev), 1),
+            "validation": trained.validation_questions}
     payload = {
         "command": command, "dataset": name, **info, "reader": report.reader, "recipe": asdict(recipe),
         "silver_reader_calls": trained.reader_calls, "seconds": seconds, "summary": summary,

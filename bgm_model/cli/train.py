@@ -217,9 +217,10 @@ def _run_rl(args: argparse.Namespace) -> int:
     result = trainer.train()
     if trainer.accelerator.is_main_process:
         logger.info(
-            "RL done: %d steps, best dev reward %s; bridges in %s/{best,final}",
+            "RL done: %d steps, best dev reward %s (step %s; 0 = the starting bridge); bridges in %s/{best,final}",
             result.global_step,
             result.best_metric,
+            result.best_step,
             result.output_dir,
         )
     return 0

@@ -5,7 +5,9 @@
     silver.jsonl      silver passage sequences (appended as found; an interrupted run resumes)
     sl/, rl/          trainer logs and checkpoints
     bridge_sl/        the bridge after supervised training
-    bridge/           the bridge after RL (absent when ``rl_steps == 0``)
+    bridge/           the bridge after RL (absent when ``rl_steps == 0``); with ``validation_fraction`` the
+                      RL step (the SL start included) with the best validation reward
+    rl_selection.json which RL step ``bridge/`` holds and the validation rewards it was chosen by
     sl_recipe.json    the SL part of the recipe and the silver data ``bridge_sl/`` was trained with
     recipe.json       the recipe and the silver data the saved bridges were trained with
 
@@ -23,6 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bgm_model.config import BridgeConfig
 from bgm_model.data import QAExample
@@ -31,10 +34,18 @@ from bgm_model.readers.base import Reader
 
 logger = logging.getLogger(__name__)
 
+SELECTION_FILE = "rl_selection.json"
+
 
 @dataclass
 class BridgeRecipe:
-    """Sizes of the three training stages (defaults: the demo's, which fit a few minutes on 2 CPU cores)."""
+    """Sizes of the three training stages (defaults: the demo's, which fit a few minutes on 2 CPU cores).
+
+    ``validation_fraction`` > 0 holds that share of the training questions (seeded) out of silver search, SL
+    and RL; RL evaluates the greedy bridge on them at its start and every ``rl_eval_steps`` steps (0: start
+    and end only) and ``bridge/`` is the best of those, so RL never ships a bridge that did worse on the
+    held-out questions than the SL bridge it started from.
+    """
 
     reward: str = "contains+0.5*f1"
     silver_max_length: int = 2
@@ -47,10 +58,12 @@ class BridgeRecipe:
     sl_batch_size: int = 8
     sl_soft_target_weight: float = 0.0
     freeze_encoder_layers: int = 4
+    validation_fraction: float = 0.0
     rl_steps: int = 4
     rl_samples: int = 4
     rl_batch_size: int = 6
     rl_learning_rate: float = 1e-5
+    rl_eval_steps: int = 0
     seed: int = 0
 
 
@@ -65,6 +78,9 @@ class TrainedBridge:
     naive_reader_calls: int
     reused: bool
     seconds: dict[str, float] = field(default_factory=dict)
+    validation_questions: int = 0
+    rl_selection: dict[str, Any] | None = None
+    """``{"kept_step": n, "validation_reward": {step: reward}}`` when RL had validation questions."""
 
     @property
     def final_dir(self) -> Path:
@@ -105,6 +121,7 @@ def train_bridge(
     ``bridge`` is the model to train (default: a MiniLM warm start sized by ``recipe``); it is trained in place.
     """
     from bgm_model.rewards import get_reward
+    from bgm_model.training._common import BEST_DIR, split_dev
     from bgm_model.training.rl_config import RLConfig
     from bgm_model.training.rl_trainer import RLTrainer
     from bgm_model.training.silver import SilverConfig, read_silver, synthesize_to_file
@@ -114,34 +131,50 @@ def train_bridge(
     if not train_examples:
         raise ValueError("train_bridge needs training examples")
     recipe = recipe or BridgeRecipe()
+    if not 0 <= recipe.validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {recipe.validation_fraction}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     reward = get_reward(recipe.reward)
     seconds: dict[str, float] = {}
+    fit, validation = list(train_examples), []
+    if recipe.validation_fraction > 0:
+        if recipe.rl_steps > 0:
+            fit, validation = split_dev(fit, recipe.validation_fraction, recipe.seed)
+            logger.info("holding out %d of %d training questions to choose the RL step", len(validation),
+                        len(train_examples))
+        else:
+            logger.warning("validation_fraction is only used to choose the RL step; rl_steps=0, so every "
+                           "training question goes to SL")
 
     t = time.perf_counter()
     silver_path = out / "silver.jsonl"
     stats = synthesize_to_file(
-        train_examples, reader, silver_path, reward=reward, set_aside_mismatched=True,
+        fit, reader, silver_path, reward=reward, set_aside_mismatched=True,
         config=SilverConfig(max_length=recipe.silver_max_length, top_m=recipe.silver_top_m,
                             secondary_extends=recipe.silver_secondary_extends),
     )
-    wanted = {ex.id for ex in train_examples}
+    wanted = {ex.id for ex in fit}
     silver = [s for s in read_silver(silver_path) if s.id in wanted]
     seconds["silver sequences"] = time.perf_counter() - t
     logger.info("silver sequences: %d (reader calls this run %d, naive greedy would make %d)",
                 len(silver), stats.reader_calls, stats.naive_reader_calls)
 
     sl_dir, rl_dir = out / "bridge_sl", out / "bridge"
-    stamp = {"recipe": asdict(recipe), "silver": _silver_digest(silver_path), "examples": sorted(wanted)}
+    stamp = {"recipe": asdict(recipe), "silver": _silver_digest(silver_path), "examples": sorted(wanted),
+             "validation": sorted(ex.id for ex in validation)}
     stamp_path = out / "recipe.json"
     wants_rl = recipe.rl_steps > 0
     if (reuse and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp
             and (sl_dir / "config.json").exists() and (not wants_rl or (rl_dir / "config.json").exists())):
         logger.info("reusing the bridges trained with this recipe and silver data in %s", out)
+        selection_path = out / SELECTION_FILE
         return TrainedBridge(silver_path, sl_dir, rl_dir if wants_rl else None, stats.reader_calls,
-                             stats.naive_reader_calls, reused=True, seconds=seconds)
+                             stats.naive_reader_calls, reused=True, seconds=seconds,
+                             validation_questions=len(validation),
+                             rl_selection=json.loads(selection_path.read_text()) if selection_path.exists() else None)
     stamp_path.unlink(missing_ok=True)  # written again only once both bridges are saved
+    (out / SELECTION_FILE).unlink(missing_ok=True)
 
     # RL settings do not change the SL bridge, so its stamp leaves them out.
     sl_stamp = {**stamp, "recipe": {k: v for k, v in stamp["recipe"].items() if not k.startswith("rl_")}}
@@ -171,20 +204,32 @@ def train_bridge(
         sl_stamp_path.write_text(json.dumps(sl_stamp, indent=2))
     seconds["SL"] = time.perf_counter() - t
 
+    selection = None
     if wants_rl:
         t = time.perf_counter()
-        RLTrainer(
+        result = RLTrainer(
             bridge,
             RLConfig(output_dir=str(out / "rl"), max_steps=recipe.rl_steps, num_samples=recipe.rl_samples,
                      batch_size=recipe.rl_batch_size, learning_rate=recipe.rl_learning_rate, dev_fraction=0.0,
                      resume=False, seed=recipe.seed, reward=recipe.reward,
-                     freeze_encoder_layers=recipe.freeze_encoder_layers),
-            train_data=list(train_examples), reader=reader, reward=reward,
+                     freeze_encoder_layers=recipe.freeze_encoder_layers, eval_steps=recipe.rl_eval_steps),
+            train_data=fit, reader=reader, reward=reward, dev_data=validation or None,
         ).train()
+        if validation:
+            assert result.best_step is not None  # RL evaluates its start whenever it has dev data
+            selection = {"kept_step": result.best_step, "validation_questions": len(validation),
+                         "validation_reward": {str(e["step"]): e["dev_reward"] for e in result.evaluations}}
+            logger.info("RL: keeping step %d of %d (validation reward %.4f; the SL start: %.4f)",
+                        result.best_step, recipe.rl_steps, result.best_metric,
+                        result.evaluations[0]["dev_reward"])
+            bridge = BridgeModel.from_pretrained(out / "rl" / BEST_DIR)
         bridge.save_pretrained(rl_dir)
         seconds["RL"] = time.perf_counter() - t
     else:
         logger.info("RL skipped (rl_steps=0)")
+    if selection is not None:
+        (out / SELECTION_FILE).write_text(json.dumps(selection, indent=2))
     stamp_path.write_text(json.dumps(stamp, indent=2))
     return TrainedBridge(silver_path, sl_dir, rl_dir if wants_rl else None, stats.reader_calls,
-                         stats.naive_reader_calls, reused=False, seconds=seconds)
+                         stats.naive_reader_calls, reused=False, seconds=seconds,
+                         validation_questions=len(validation), rl_selection=selection)

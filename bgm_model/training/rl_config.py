@@ -98,6 +98,13 @@ class RLConfig(TrainConfigMixin):
             "only); the best is saved to best/."
         },
     )
+    eval_at_start: bool = field(
+        default=True,
+        metadata={
+            "help": "With a dev set, evaluate the starting bridge before the first step; it competes for "
+            "best/, so best/ is never worse on dev than where RL began."
+        },
+    )
     eval_batch_size: int = field(default=16, metadata={"help": "Queries per bridge call during evaluation."})
     max_eval_examples: int = field(
         default=0, metadata={"help": "Evaluate on at most this many dev queries (0 = all)."}

@@ -83,6 +83,8 @@ class RLResult:
     global_step: int
     best_metric: float | None
     """Best dev reward of the greedy bridge (None without a dev set)."""
+    best_step: int | None
+    """The step whose bridge is in best/ (0: the starting bridge; None without a dev set)."""
     output_dir: Path
     evaluations: list[dict[str, Any]] = field(default_factory=list)
 
@@ -305,7 +307,7 @@ class RLTrainer:
         scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_updates), total_updates)
         model, optimizer = acc.prepare(self.bridge, optimizer)
 
-        state: dict[str, Any] = {"global_step": 0, "best_metric": None, "evaluations": []}
+        state: dict[str, Any] = {"global_step": 0, "best_metric": None, "best_step": None, "evaluations": []}
         if checkpoint is not None:
             state.update(load_trainer_state(acc, checkpoint, optimizer, scheduler))
             self._info("Resuming RL from %s (step %d)", checkpoint, state["global_step"])
@@ -320,6 +322,9 @@ class RLTrainer:
         )
         bar = progress(total_steps, state["global_step"], acc.is_main_process, "RL")
         model.eval()  # no dropout: sampling and the recomputed log-probs must be the same distribution
+        if self.dev_data and cfg.eval_at_start and state["global_step"] == 0:
+            # The start (normally the SL bridge) is a candidate too: RL that does not help ships nothing worse.
+            self._evaluate_and_keep_best(state, log)
 
         def checkpoint_now() -> None:
             state.update(num_processes=world, seed=cfg.seed)
@@ -353,7 +358,9 @@ class RLTrainer:
         if acc.is_main_process:
             save_bridge_atomically(acc.unwrap_model(model), out / FINAL_DIR)
         acc.wait_for_everyone()
-        return RLResult(state["global_step"], state["best_metric"], out, list(state["evaluations"]))
+        return RLResult(
+            state["global_step"], state["best_metric"], state.get("best_step"), out, list(state["evaluations"])
+        )
 
     def _train_step(self, step: int, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
         cfg, acc, device = self.config, self.accelerator, self.accelerator.device
@@ -441,6 +448,7 @@ class RLTrainer:
         self._info("RL step %d dev reward %.4f", state["global_step"], metrics["reward"])
         if state["best_metric"] is None or metrics["reward"] > state["best_metric"]:
             state["best_metric"] = metrics["reward"]
+            state["best_step"] = state["global_step"]
             if self.accelerator.is_main_process:
                 save_bridge_atomically(self.accelerator.unwrap_model(self.bridge), self.output_dir / BEST_DIR)
             self.accelerator.wait_for_everyone()

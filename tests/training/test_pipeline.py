@@ -82,3 +82,37 @@ def test_the_default_bridge_starts_the_same_whatever_ran_before() -> None:
     torch.rand(1000)  # e.g. a retriever or sampler drew random numbers before training started
     assert torch.equal(_weights(warm_start_bridge(RECIPE)), first)
     assert not torch.equal(_weights(warm_start_bridge(BridgeRecipe(**{**RECIPE.__dict__, "seed": 1}))), first)
+
+
+def test_validation_questions_choose_the_rl_step(tmp_path, tiny_make_bridge: Callable[..., BridgeModel]) -> None:
+    """Held-out questions get no silver sequence and no RL rollouts; ``bridge/`` is the RL step (SL start
+    included) with the best validation reward, and a reuse reports the same choice."""
+    examples = make_toy_examples(10, n_passages=4, seed=7)
+    reader = ToyReader(supports_scoring=True, cache=False)
+    recipe = BridgeRecipe(**{**RECIPE.__dict__, "validation_fraction": 0.3, "rl_steps": 4, "rl_eval_steps": 2})
+
+    trained = train_bridge(examples, reader, tmp_path, recipe, bridge=tiny_make_bridge())
+
+    held_out = set(json.loads((tmp_path / "recipe.json").read_text())["validation"])
+    assert trained.validation_questions == len(held_out) == 3
+    assert held_out.isdisjoint(s.id for s in read_silver(trained.silver_path))
+    selection = trained.rl_selection
+    assert selection is not None and json.loads((tmp_path / "rl_selection.json").read_text()) == selection
+    rewards = {int(step): r for step, r in selection["validation_reward"].items()}
+    assert sorted(rewards) == [0, 2, 4]
+    best = max(rewards.values())
+    assert selection["kept_step"] == min(step for step, r in rewards.items() if r == best)  # first of ties
+    assert torch.equal(_weights(BridgeModel.from_pretrained(trained.rl_dir)),
+                       _weights(BridgeModel.from_pretrained(tmp_path / "rl" / "best")))
+    if selection["kept_step"] == 0:
+        assert torch.equal(_weights(BridgeModel.from_pretrained(trained.rl_dir)),
+                           _weights(BridgeModel.from_pretrained(trained.sl_dir)))
+
+    again = train_bridge(examples, reader, tmp_path, recipe, reuse=True, bridge=tiny_make_bridge())
+    assert again.reused and again.rl_selection == selection and again.validation_questions == 3
+
+
+def test_validation_fraction_out_of_range_is_rejected(tmp_path) -> None:
+    recipe = BridgeRecipe(**{**RECIPE.__dict__, "validation_fraction": 1.0})
+    with pytest.raises(ValueError, match="validation_fraction"):
+        train_bridge(make_toy_examples(2), ToyReader(), tmp_path, recipe)

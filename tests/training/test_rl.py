@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -137,8 +138,10 @@ def test_rl_raises_the_reward_of_a_weak_policy(tiny_make_bridge, tmp_path):
     outs = bridge.bridge_batch([e.question for e in examples], [e.passages for e in examples])
     assert sum(o.ids[-1:] == toy_optimal_ids(e)[-1:] for o, e in zip(outs, examples)) >= 6, "ends with X"
 
-    # One reader call per rollout step holding all samples of the step (+ the final dev evaluation).
-    assert reader.batches[: cfg.max_steps] == [cfg.batch_size * cfg.num_samples] * cfg.max_steps
+    # The starting bridge's dev evaluation, then one reader call per rollout step holding all samples of
+    # the step (+ the final dev evaluation).
+    assert reader.batches[0] == len(examples)
+    assert reader.batches[1 : cfg.max_steps + 1] == [cfg.batch_size * cfg.num_samples] * cfg.max_steps
     logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     steps = [r for r in logged if r.get("event") != "eval"]
     assert len(steps) == cfg.max_steps
@@ -147,7 +150,31 @@ def test_rl_raises_the_reward_of_a_weak_policy(tiny_make_bridge, tmp_path):
     assert steps[-1]["kl"] > 0, "the policy moved away from the reference"
     first, last = steps[:5], steps[-5:]
     assert sum(r["reward"] for r in last) / 5 > sum(r["reward"] for r in first) / 5
-    assert result.best_metric == pytest.approx(after)
+    assert result.best_metric == pytest.approx(after) and result.best_step == cfg.max_steps
+    assert [e["step"] for e in result.evaluations] == [0, cfg.max_steps]
+    assert result.evaluations[0]["dev_reward"] == pytest.approx(before)
+
+
+def test_rl_keeps_the_start_when_training_makes_dev_worse(tiny_make_bridge, tmp_path):
+    """best/ is never worse on dev than the starting bridge: here the dev questions' gold answer is what the
+    untrained bridge makes the reader say ("unknown"), so learning the training questions lowers dev reward."""
+    from bgm_model import BridgeModel
+
+    train = make_toy_examples(8, n_passages=3, seed=3)
+    dev = [dataclasses.replace(e, answers=["unknown"]) for e in make_toy_examples(6, n_passages=3, seed=9)]
+    bridge = tiny_make_bridge(dropout=0.0)
+    start = {k: v.clone() for k, v in bridge.state_dict().items()}
+    cfg = RLConfig(output_dir=str(tmp_path), reward="f1", learning_rate=5e-3, max_steps=40, batch_size=8,
+                   num_samples=6, mini_batch_size=48, kl_coef=0.01, eval_steps=20, save_steps=0)  # fmt: skip
+    result = RLTrainer(bridge, cfg, train, reader=ToyReader(), dev_data=dev).train()
+
+    rewards = [e["dev_reward"] for e in result.evaluations]
+    assert [e["step"] for e in result.evaluations] == [0, 20, 40]
+    assert rewards[-1] < rewards[0], rewards
+    assert result.best_step == 0 and result.best_metric == pytest.approx(rewards[0])
+    kept = BridgeModel.from_pretrained(tmp_path / "best").state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in start.items()), "best/ holds the starting weights"
+    assert any(not torch.equal(bridge.state_dict()[k], v) for k, v in start.items()), "RL did train"
 
 
 # ------------------------------------------------------------------------------------------------ resume
