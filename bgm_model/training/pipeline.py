@@ -222,7 +222,8 @@ def train_bridge(
             logger.info("RL: keeping step %d of %d (validation reward %.4f; the SL start: %.4f)",
                         result.best_step, recipe.rl_steps, result.best_metric,
                         result.evaluations[0]["dev_reward"])
-            bridge = BridgeModel.from_pretrained(out / "rl" / BEST_DIR)
+            # The caller's model ends with the weights that ship, as it does without a validation set.
+            bridge.load_state_dict(BridgeModel.from_pretrained(out / "rl" / BEST_DIR).state_dict())
         bridge.save_pretrained(rl_dir)
         seconds["RL"] = time.perf_counter() - t
     else:

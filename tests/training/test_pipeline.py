@@ -91,7 +91,9 @@ def test_validation_questions_choose_the_rl_step(tmp_path, tiny_make_bridge: Cal
     reader = ToyReader(supports_scoring=True, cache=False)
     recipe = BridgeRecipe(**{**RECIPE.__dict__, "validation_fraction": 0.3, "rl_steps": 4, "rl_eval_steps": 2})
 
-    trained = train_bridge(examples, reader, tmp_path, recipe, bridge=tiny_make_bridge())
+    model = tiny_make_bridge()
+    trained = train_bridge(examples, reader, tmp_path, recipe, bridge=model)
+    assert torch.equal(_weights(model), _weights(BridgeModel.from_pretrained(trained.rl_dir)))  # in place
 
     held_out = set(json.loads((tmp_path / "recipe.json").read_text())["validation"])
     assert trained.validation_questions == len(held_out) == 3
