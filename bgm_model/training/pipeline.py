@@ -78,13 +78,18 @@ class TrainedBridge:
     naive_reader_calls: int
     reused: bool
     seconds: dict[str, float] = field(default_factory=dict)
-    validation_questions: int = 0
     rl_selection: dict[str, Any] | None = None
-    """``{"kept_step": n, "validation_reward": {step: reward}}`` when RL had validation questions."""
+    """``{"kept_step": n, "validation_questions": n, "validation_reward": {step: reward}}`` when RL had
+    validation questions."""
 
     @property
     def final_dir(self) -> Path:
         return self.rl_dir or self.sl_dir
+
+    @property
+    def validation_questions(self) -> int:
+        """Training questions held out to choose the RL step (0: none)."""
+        return self.rl_selection["validation_questions"] if self.rl_selection else 0
 
 
 def warm_start_bridge(recipe: BridgeRecipe, max_passages: int = 0) -> BridgeModel:
@@ -171,7 +176,6 @@ def train_bridge(
         selection_path = out / SELECTION_FILE
         return TrainedBridge(silver_path, sl_dir, rl_dir if wants_rl else None, stats.reader_calls,
                              stats.naive_reader_calls, reused=True, seconds=seconds,
-                             validation_questions=len(validation),
                              rl_selection=json.loads(selection_path.read_text()) if selection_path.exists() else None)
     stamp_path.unlink(missing_ok=True)  # written again only once both bridges are saved
     (out / SELECTION_FILE).unlink(missing_ok=True)
@@ -232,5 +236,4 @@ def train_bridge(
         (out / SELECTION_FILE).write_text(json.dumps(selection, indent=2))
     stamp_path.write_text(json.dumps(stamp, indent=2))
     return TrainedBridge(silver_path, sl_dir, rl_dir if wants_rl else None, stats.reader_calls,
-                         stats.naive_reader_calls, reused=False, seconds=seconds,
-                         validation_questions=len(validation), rl_selection=selection)
+                         stats.naive_reader_calls, reused=False, seconds=seconds, rl_selection=selection)
