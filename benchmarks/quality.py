@@ -302,6 +302,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight of the soft step targets from the search's scans (0: hard silver sequences)")
     p.add_argument("--freeze-encoder-layers", type=int, default=defaults.freeze_encoder_layers,
                    help="encoder layers (from the bottom, with the embeddings) kept fixed in SL and RL")
+    p.add_argument("--relevance-prior", type=float, default=defaults.relevance_prior,
+                   help="scale of the bridge's query-passage cosine term (BridgeConfig.relevance_prior; 0: off)")
     p.add_argument("--rl-steps", type=int, default=8)
     p.add_argument("--rl-samples", type=int, default=defaults.rl_samples)
     p.add_argument("--rl-batch-size", type=int, default=defaults.rl_batch_size)
@@ -360,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         silver_secondary_extends=bool(args.silver_secondary_extends),
         max_passage_tokens=args.max_passage_tokens, sl_epochs=args.sl_epochs,
         sl_learning_rate=args.sl_learning_rate, sl_soft_target_weight=args.sl_soft_target_weight,
-        freeze_encoder_layers=args.freeze_encoder_layers, rl_steps=args.rl_steps, rl_samples=args.rl_samples,
+        freeze_encoder_layers=args.freeze_encoder_layers, relevance_prior=args.relevance_prior,
+        rl_steps=args.rl_steps, rl_samples=args.rl_samples,
         rl_batch_size=args.rl_batch_size, rl_learning_rate=args.rl_learning_rate, seed=args.seed,
         validation_fraction=args.validation_fraction, rl_eval_steps=args.rl_eval_steps,
     )

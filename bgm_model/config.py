@@ -50,6 +50,14 @@ class BridgeConfig:
                   "state of that passage's ID token (no extra parameters). Makes 'pick the passage that "
                   "matches' learnable from few examples; needs equal encoder and decoder hidden sizes."},
     )
+    relevance_prior: float = field(
+        default=0.0,
+        metadata={"help": "Add this times cos(query, passage) to each ID's logit, both embedded on their own "
+                  "by the bridge's encoder (mean pooling, as sentence-transformers do). From a MiniLM warm "
+                  "start this is exactly all-MiniLM-L6-v2's similarity, so the untrained bridge already "
+                  "prefers the passage most like the query whatever order passages arrive in, and training "
+                  "learns departures from that. 0 = off (no extra encoder pass)."},
+    )
     encoder_batch_size: int = field(
         default=64, metadata={"help": "Encoder rows (query+passage pairs) per forward pass."}
     )
@@ -60,6 +68,8 @@ class BridgeConfig:
                 raise ValueError(f"BridgeConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_output_length < 0:
             raise ValueError(f"BridgeConfig.max_output_length must be >= 0, got {self.max_output_length}")
+        if not self.relevance_prior >= 0:
+            raise ValueError(f"BridgeConfig.relevance_prior must be >= 0, got {self.relevance_prior}")
         if self.overflow not in ("error", "truncate"):
             raise ValueError(f"BridgeConfig.overflow must be 'error' or 'truncate', got {self.overflow!r}")
         if "{}" not in self.id_token_format:

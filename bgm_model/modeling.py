@@ -46,9 +46,16 @@ class _Encoded:
     mask: torch.Tensor  # (B, S)
     n_passages: torch.Tensor  # (B,)
     id_states: torch.Tensor  # (B, N, H): encoder state of each passage's ID token (zeros past n_passages)
+    relevance: torch.Tensor  # (B, N): cos(query, passage) of the relevance prior (zeros when it is off)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.hidden, self.mask, self.n_passages, self.id_states, self.relevance)
 
     def repeat(self, times: int) -> _Encoded:
-        return _Encoded(*(t.repeat_interleave(times, 0) for t in (self.hidden, self.mask, self.n_passages, self.id_states)))
+        return _Encoded(*(t.repeat_interleave(times, 0) for t in self.tensors()))
+
+    def select(self, rows: torch.Tensor) -> _Encoded:
+        return _Encoded(*(t.index_select(0, rows) for t in self.tensors()))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -357,7 +364,9 @@ class BridgeModel(nn.Module):
             hidden_size = self.model.config.get_text_config().hidden_size if hasattr(self.model.config, "get_text_config") else 1
             hidden = torch.zeros(len(queries), 1, hidden_size, device=self.device)
             mask = torch.ones(len(queries), 1, dtype=torch.long, device=self.device)
-            return _Encoded(hidden, mask, n_passages, hidden.new_zeros(len(queries), 1, hidden_size))
+            return _Encoded(
+                hidden, mask, n_passages, hidden.new_zeros(len(queries), 1, hidden_size), hidden.new_zeros(len(queries), 1)
+            )
 
         rows = self.tokenizer(
             firsts, seconds, truncation="longest_first", max_length=self._row_length,
@@ -392,7 +401,40 @@ class BridgeModel(nn.Module):
         for b, tokens in enumerate(packed):
             hidden[b, : tokens.shape[0]] = tokens
             mask[b, : max(1, tokens.shape[0])] = 1  # a query without passages attends to one zero vector
-        return _Encoded(hidden, mask, n_passages, id_states)
+        relevance = states.new_zeros(id_states.shape[:2])
+        if cfg.relevance_prior:
+            relevance = self._relevance(queries, passage_lists, relevance)
+        return _Encoded(hidden, mask, n_passages, id_states, relevance)
+
+    def _embed(self, texts: list[str], max_tokens: int) -> torch.Tensor:
+        """Unit-length mean-pooled encoder states of single texts (a sentence-transformers embedding)."""
+        batch = self.tokenizer(
+            texts, truncation=True, max_length=max_tokens + 2, padding="longest", return_tensors="pt"
+        ).to(self.device)
+        encoder, step = self.model.get_encoder(), self.config.encoder_batch_size
+        pooled = []
+        for i in range(0, len(texts), step):
+            rows = {k: v[i : i + step] for k, v in batch.items()}
+            states = encoder(**rows).last_hidden_state
+            weights = rows["attention_mask"].unsqueeze(-1).to(states.dtype)
+            pooled.append((states * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+        return nn.functional.normalize(torch.cat(pooled).float(), dim=-1)
+
+    def _relevance(
+        self, queries: Sequence[str], passage_lists: Sequence[Sequence[str]], out: torch.Tensor
+    ) -> torch.Tensor:
+        """Fill ``out`` (B, N) with cos(query, passage) for every real passage."""
+        cfg = self.config
+        query_vectors = self._embed([self._clean(q, cfg.max_query_tokens) for q in queries], cfg.max_query_tokens)
+        passage_vectors = self._embed(
+            [self._clean(p, cfg.max_passage_tokens) for ps in passage_lists for p in ps], cfg.max_passage_tokens
+        )
+        start = 0
+        for b, passages in enumerate(passage_lists):
+            n = len(passages)
+            out[b, :n] = passage_vectors[start : start + n] @ query_vectors[b]
+            start += n
+        return out
 
     def _encode_unique(self, queries: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> _Encoded:
         """Encode each distinct (query, passages) once: RL scores several sampled sequences per query."""
@@ -401,18 +443,23 @@ class BridgeModel(nn.Module):
         if len(first) == len(index):
             return self._encode(queries, passage_lists)
         unique = self._encode([q for q, _ in first], [list(ps) for _, ps in first])
-        rows = torch.tensor(index, device=self.device)
-        return _Encoded(*(t.index_select(0, rows) for t in (unique.hidden, unique.mask, unique.n_passages, unique.id_states)))
+        return unique.select(torch.tensor(index, device=self.device))
 
     # ------------------------------------------------------------------ the constrained distribution
     def _action_logits(self, out: Any, enc: _Encoded, *, last_only: bool) -> torch.Tensor:
         """Logits of the K+1 actions (passage IDs, then end), shape (B, T, K+1) or (B, K+1) if last_only.
 
         The LM head's logit of each ID token, plus (``pointer_scoring``) the scaled dot product of the
-        decoder state with the encoder state of that passage's ID token.
+        decoder state with the encoder state of that passage's ID token, plus (``relevance_prior``) the
+        scaled query-passage cosine.
         """
         logits = out.logits[:, -1] if last_only else out.logits
         action = logits.index_select(-1, self._action_token_ids).float()
+        if self.config.relevance_prior:
+            prior = self.config.relevance_prior * enc.relevance.float()
+            prior = prior if last_only else prior.unsqueeze(1)
+            n = prior.shape[-1]
+            action = torch.cat([action[..., :n] + prior, action[..., n:]], dim=-1)
         if self.config.pointer_scoring:
             state = out.decoder_hidden_states[-1]
             state = state[:, -1] if last_only else state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -249,3 +250,48 @@ def test_repeated_queries_are_encoded_once_with_identical_log_probs(tiny_bridge:
     batched = tiny_bridge.sequence_log_probs(["q"] * 4, [PASSAGES] * 4, targets)
     assert rows == [len(PASSAGES)]  # one query's passages encoded once, not four times
     assert torch.allclose(batched, expected, atol=1e-5)
+
+
+def test_relevance_prior_is_minilm_similarity_from_a_warm_start() -> None:
+    import numpy as np
+
+    from bgm_model.embedding import MiniLMEmbedder
+
+    query = "who wrote hamlet?"
+    bridge = BridgeModel.from_encoder(config=BridgeConfig(max_passages=8, relevance_prior=20.0))
+    relevance = bridge._encode([query], [PASSAGES]).relevance[0].detach().numpy()
+    vectors = MiniLMEmbedder().embed([query, *PASSAGES])
+    np.testing.assert_allclose(relevance, vectors[1:] @ vectors[0], atol=1e-4)
+    assert int(relevance.argmax()) == 0  # the Hamlet passage
+
+
+def test_relevance_prior_picks_the_same_passage_in_any_input_order(tiny_bridge: BridgeModel) -> None:
+    query = "who wrote hamlet?"
+    prior = make_tiny_bridge(dataclasses.replace(tiny_bridge.config, relevance_prior=1000.0))
+    firsts = set()
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2], [2, 0, 3, 1]):
+        passages = [PASSAGES[i] for i in order]
+        result = prior.bridge(query, passages)
+        relevance = prior._encode([query], [passages]).relevance[0]
+        assert result.ids and result.ids[0] == int(relevance.argmax())
+        firsts.add(passages[result.ids[0]])
+    assert len(firsts) == 1  # the same passage wherever it stands
+    # Off (the default), nothing is computed and positions are not overruled.
+    assert tiny_bridge.config.relevance_prior == 0.0
+    assert not tiny_bridge._encode([query], [PASSAGES]).relevance.any()
+
+
+def test_relevance_prior_trains_and_round_trips(tmp_path) -> None:
+    bridge = make_tiny_bridge(BridgeConfig(max_passages=8, max_query_tokens=16, max_passage_tokens=32,
+                                           max_output_length=4, relevance_prior=5.0), seed=3)
+    gen = torch.Generator().manual_seed(0)
+    flat = [r for g in bridge.sample(["a"], [PASSAGES], num_samples=8, generator=gen) for r in g]
+    recomputed = bridge.sequence_log_probs(["a"] * 8, [PASSAGES] * 8, [r.ids for r in flat])
+    assert torch.allclose(recomputed.detach(), torch.tensor([r.log_prob for r in flat]), atol=1e-4)
+    fit_bridge_to(bridge, "who wrote hamlet?", PASSAGES, [3, 1])  # training can overrule the prior
+    assert bridge.bridge("who wrote hamlet?", PASSAGES).ids == [3, 1]
+    loaded = BridgeModel.from_pretrained(bridge.save_pretrained(tmp_path / "bridge"))
+    assert loaded.config.relevance_prior == 5.0
+    assert loaded.bridge("who wrote hamlet?", PASSAGES).ids == [3, 1]
+    with pytest.raises(ValueError, match="relevance_prior"):
+        BridgeConfig(relevance_prior=-1.0)

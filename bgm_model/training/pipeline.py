@@ -58,6 +58,7 @@ class BridgeRecipe:
     sl_batch_size: int = 8
     sl_soft_target_weight: float = 0.0
     freeze_encoder_layers: int = 4
+    relevance_prior: float = 0.0
     validation_fraction: float = 0.0
     rl_steps: int = 4
     rl_samples: int = 4
@@ -104,6 +105,7 @@ def warm_start_bridge(recipe: BridgeRecipe, max_passages: int = 0) -> BridgeMode
     return BridgeModel.from_encoder(config=BridgeConfig(
         max_passages=max(recipe.max_passages, max_passages),
         max_passage_tokens=recipe.max_passage_tokens,
+        relevance_prior=recipe.relevance_prior,
         max_output_length=max(4, recipe.silver_max_length + 1),
     ))
 
