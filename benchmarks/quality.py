@@ -210,7 +210,8 @@ def markdown(name: str, report: Any, summary: dict[str, Any], command: str, info
         f"`{command}`",
         "",
         f"{info['train']} training questions"
-        + (f" ({info['validation']} of them held out to choose the RL step)" if info.get("validation") else "")
+        + (f" ({info['validation']} of them held out to choose the SL epoch and the RL step)"
+           if info.get("validation") else "")
         + f", {report.n_examples} dev questions, {info['candidates']} candidates "
         f"per question; reader `{report.reader}`; reader time {report.reader_seconds / 60:.1f} min for "
         f"{report.reader_calls} answers (cache hits included). Best fixed heuristic (chosen on dev): "
@@ -228,6 +229,11 @@ def markdown(name: str, report: Any, summary: dict[str, Any], command: str, info
                 lines.append(f"- {method}: {what}: {value['mean']:+.3f} [{value['ci_low']:+.3f}, {value['ci_high']:+.3f}]")
             elif value is not None:
                 lines.append(f"- {method}: {what}: {value:.2f}")
+    sl_selection = summary.get("sl_selection")
+    if sl_selection:
+        rewards = ", ".join(f"epoch {k}: {v:.3f}" for k, v in sl_selection["validation_reward"].items())
+        lines += ["", f"BGM SL is the SL epoch with the best reward on {sl_selection['validation_questions']} "
+                  f"held-out training questions: epoch {sl_selection['kept_epoch']} of {rewards}."]
     selection = summary.get("rl_selection")
     if selection:
         rewards = ", ".join(f"step {k}: {v:.3f}" for k, v in selection["validation_reward"].items())
@@ -405,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     report = evaluate(dev, reader, methods, batch_size=8)
     summary = summarise(report, groups, args.metric)
+    if trained.sl_selection is not None:
+        summary["sl_selection"] = trained.sl_selection
     if trained.rl_selection is not None:
         summary["rl_selection"] = trained.rl_selection
     oracle_report = None

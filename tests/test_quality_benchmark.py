@@ -82,13 +82,16 @@ def test_quality_benchmark_runs_every_method(tmp_path, capsys) -> None:
     quality.main([*args, "--oracle-questions", "2"])
     result = json.loads((tmp_path / "results" / "quality_toy.json").read_text())
     assert result["dev"] == 4 and result["oracle"]["questions"] == 2 and result["summary"]["ceiling"]["questions"] == 2
-    # two training questions held out to choose the RL step (the SL start included)
-    quality.main([*args, "--validation-fraction", "0.34", "--rl-steps", "2", "--rl-eval-steps", "1"])
+    # two training questions held out to choose the SL epoch and the RL step (the SL start included)
+    quality.main([*args, "--validation-fraction", "0.34", "--rl-steps", "2", "--rl-eval-steps", "1", "--sl-epochs", "2"])
     result = json.loads((tmp_path / "results" / "quality_toy.json").read_text())
-    selection = result["summary"]["rl_selection"]
+    selection, sl_selection = result["summary"]["rl_selection"], result["summary"]["sl_selection"]
     assert result["validation"] == 2 and selection["validation_questions"] == 2
     assert list(selection["validation_reward"]) == ["0", "1", "2"] and selection["kept_step"] in (0, 1, 2)
-    assert "(2 of them held out to choose the RL step)" in (tmp_path / "results" / "quality_toy.md").read_text()
+    assert sl_selection["kept_epoch"] in (1, 2) and len(sl_selection["validation_reward"]) == 2
+    table = (tmp_path / "results" / "quality_toy.md").read_text()
+    assert "(2 of them held out to choose the SL epoch and the RL step)" in table
+    assert f"epoch {sl_selection['kept_epoch']} of epoch 1:" in table
 
 
 def test_quality_benchmark_refuses_an_empty_split_before_training(tmp_path) -> None:

@@ -85,6 +85,13 @@ def _add_bridge_arguments(parser: argparse.ArgumentParser, *, default_init: bool
         default=None,
         help="most IDs a new bridge may emit (--from-encoder only; default: BridgeConfig's)",
     )
+    g.add_argument(
+        "--relevance-prior",
+        type=float,
+        default=None,
+        help="scale of a new bridge's query-passage cosine term (--from-encoder only; default: BridgeConfig's, "
+        "0 = off); useful when passages arrive in no ranked order",
+    )
 
 
 def _build_bridge(args: argparse.Namespace) -> Any:
@@ -94,7 +101,11 @@ def _build_bridge(args: argparse.Namespace) -> Any:
         return BridgeModel.from_pretrained(args.init)
     overrides = {
         k: v
-        for k, v in (("max_passages", args.max_passages), ("max_output_length", args.max_output_length))
+        for k, v in (
+            ("max_passages", args.max_passages),
+            ("max_output_length", args.max_output_length),
+            ("relevance_prior", args.relevance_prior),
+        )
         if v is not None
     }
     return BridgeModel.from_encoder(args.from_encoder or None, config=BridgeConfig(**overrides))

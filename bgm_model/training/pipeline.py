@@ -35,6 +35,7 @@ from bgm_model.readers.base import Reader
 logger = logging.getLogger(__name__)
 
 SELECTION_FILE = "rl_selection.json"
+SL_SELECTION_FILE = "sl_selection.json"
 
 
 @dataclass
@@ -42,9 +43,11 @@ class BridgeRecipe:
     """Sizes of the three training stages (defaults: the demo's, which fit a few minutes on 2 CPU cores).
 
     ``validation_fraction`` > 0 holds that share of the training questions (seeded) out of silver search, SL
-    and RL; RL evaluates the greedy bridge on them at its start and every ``rl_eval_steps`` steps (0: start
-    and end only) and ``bridge/`` is the best of those, so RL never ships a bridge that did worse on the
-    held-out questions than the SL bridge it started from.
+    and RL, and they choose what ships: SL evaluates the greedy bridge on them after every epoch and
+    ``bridge_sl/`` is the best epoch (a bridge that fits noisy silver sequences ever more closely can get
+    worse on new questions); RL starts from it, evaluates at its start and every ``rl_eval_steps`` steps (0:
+    start and end only) and ``bridge/`` is the best of those, so RL never ships a bridge that did worse on
+    the held-out questions than the SL bridge it started from.
     """
 
     reward: str = "contains+0.5*f1"
@@ -82,6 +85,9 @@ class TrainedBridge:
     rl_selection: dict[str, Any] | None = None
     """``{"kept_step": n, "validation_questions": n, "validation_reward": {step: reward}}`` when RL had
     validation questions."""
+    sl_selection: dict[str, Any] | None = None
+    """``{"kept_epoch": n, "validation_questions": n, "validation_reward": {epoch: reward}}`` when SL had
+    validation questions."""
 
     @property
     def final_dir(self) -> Path:
@@ -89,8 +95,9 @@ class TrainedBridge:
 
     @property
     def validation_questions(self) -> int:
-        """Training questions held out to choose the RL step (0: none)."""
-        return self.rl_selection["validation_questions"] if self.rl_selection else 0
+        """Training questions held out to choose the SL epoch and the RL step (0: none)."""
+        selection = self.sl_selection or self.rl_selection
+        return selection["validation_questions"] if selection else 0
 
 
 def warm_start_bridge(recipe: BridgeRecipe, max_passages: int = 0) -> BridgeModel:
@@ -146,13 +153,9 @@ def train_bridge(
     seconds: dict[str, float] = {}
     fit, validation = list(train_examples), []
     if recipe.validation_fraction > 0:
-        if recipe.rl_steps > 0:
-            fit, validation = split_dev(fit, recipe.validation_fraction, recipe.seed)
-            logger.info("holding out %d of %d training questions to choose the RL step", len(validation),
-                        len(train_examples))
-        else:
-            logger.warning("validation_fraction is only used to choose the RL step; rl_steps=0, so every "
-                           "training question goes to SL")
+        fit, validation = split_dev(fit, recipe.validation_fraction, recipe.seed)
+        logger.info("holding out %d of %d training questions to choose the SL epoch and the RL step",
+                    len(validation), len(train_examples))
 
     t = time.perf_counter()
     silver_path = out / "silver.jsonl"
@@ -175,10 +178,10 @@ def train_bridge(
     if (reuse and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp
             and (sl_dir / "config.json").exists() and (not wants_rl or (rl_dir / "config.json").exists())):
         logger.info("reusing the bridges trained with this recipe and silver data in %s", out)
-        selection_path = out / SELECTION_FILE
         return TrainedBridge(silver_path, sl_dir, rl_dir if wants_rl else None, stats.reader_calls,
                              stats.naive_reader_calls, reused=True, seconds=seconds,
-                             rl_selection=json.loads(selection_path.read_text()) if selection_path.exists() else None)
+                             rl_selection=_read_json(out / SELECTION_FILE),
+                             sl_selection=_read_json(out / SL_SELECTION_FILE))
     stamp_path.unlink(missing_ok=True)  # written again only once both bridges are saved
     (out / SELECTION_FILE).unlink(missing_ok=True)
 
@@ -189,6 +192,7 @@ def train_bridge(
     if (reuse and sl_stamp_path.exists() and json.loads(sl_stamp_path.read_text()) == sl_stamp
             and (sl_dir / "config.json").exists()):
         logger.info("reusing the SL bridge trained with this recipe and silver data in %s", sl_dir)
+        sl_selection = _read_json(out / SL_SELECTION_FILE)
         saved = BridgeModel.from_pretrained(sl_dir)
         if bridge is None:
             bridge = saved
@@ -196,16 +200,29 @@ def train_bridge(
             bridge.load_state_dict(saved.state_dict())
     else:
         sl_stamp_path.unlink(missing_ok=True)
+        (out / SL_SELECTION_FILE).unlink(missing_ok=True)
         if bridge is None:
             bridge = warm_start_bridge(recipe, max(len(ex.passages) for ex in train_examples))
-        SLTrainer(
+        sl_result = SLTrainer(
             bridge,
             SLConfig(output_dir=str(out / "sl"), num_epochs=recipe.sl_epochs, learning_rate=recipe.sl_learning_rate,
                      batch_size=recipe.sl_batch_size, dev_fraction=0.0, resume=False, seed=recipe.seed,
                      soft_target_weight=recipe.sl_soft_target_weight,
                      freeze_encoder_layers=recipe.freeze_encoder_layers),
             train_data=silver,
+            **({"dev_data": validation, "reader": reader, "reward": reward} if validation else {}),
         ).train()
+        sl_selection = None
+        if validation:
+            rewards = {int(e["epoch"]): e["dev_reward"] for e in sl_result.evaluations}
+            # SLTrainer's best/ is the first epoch with the top reward (no losses: the questions have no silver).
+            kept = max(rewards, key=lambda epoch: (rewards[epoch], -epoch))
+            sl_selection = {"kept_epoch": kept, "validation_questions": len(validation),
+                            "validation_reward": {str(k): v for k, v in rewards.items()}}
+            logger.info("SL: keeping epoch %d of %d (validation reward %.4f; the last epoch: %.4f)",
+                        kept, recipe.sl_epochs, rewards[kept], rewards[max(rewards)])
+            bridge.load_state_dict(BridgeModel.from_pretrained(out / "sl" / BEST_DIR).state_dict())
+            (out / SL_SELECTION_FILE).write_text(json.dumps(sl_selection, indent=2))
         bridge.save_pretrained(sl_dir)
         sl_stamp_path.write_text(json.dumps(sl_stamp, indent=2))
     seconds["SL"] = time.perf_counter() - t
@@ -238,4 +255,9 @@ def train_bridge(
         (out / SELECTION_FILE).write_text(json.dumps(selection, indent=2))
     stamp_path.write_text(json.dumps(stamp, indent=2))
     return TrainedBridge(silver_path, sl_dir, rl_dir if wants_rl else None, stats.reader_calls,
-                         stats.naive_reader_calls, reused=False, seconds=seconds, rl_selection=selection)
+                         stats.naive_reader_calls, reused=False, seconds=seconds, rl_selection=selection,
+                         sl_selection=sl_selection)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None

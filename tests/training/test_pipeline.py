@@ -110,8 +110,36 @@ def test_validation_questions_choose_the_rl_step(tmp_path, tiny_make_bridge: Cal
         assert torch.equal(_weights(BridgeModel.from_pretrained(trained.rl_dir)),
                            _weights(BridgeModel.from_pretrained(trained.sl_dir)))
 
+    # SL chose its epoch on the same questions; RL started from that epoch's bridge.
+    sl_selection = trained.sl_selection
+    assert sl_selection is not None and json.loads((tmp_path / "sl_selection.json").read_text()) == sl_selection
+    epoch_rewards = {int(e): r for e, r in sl_selection["validation_reward"].items()}
+    assert sorted(epoch_rewards) == [1, 2] and sl_selection["validation_questions"] == 3
+    top = max(epoch_rewards.values())
+    assert sl_selection["kept_epoch"] == min(e for e, r in epoch_rewards.items() if r == top)
+    assert torch.equal(_weights(BridgeModel.from_pretrained(trained.sl_dir)),
+                       _weights(BridgeModel.from_pretrained(tmp_path / "sl" / "best")))
+    assert selection["validation_reward"]["0"] == pytest.approx(top)  # RL's start is the kept SL bridge
+
     again = train_bridge(examples, reader, tmp_path, recipe, reuse=True, bridge=tiny_make_bridge())
     assert again.reused and again.rl_selection == selection and again.validation_questions == 3
+    assert again.sl_selection == sl_selection
+
+
+def test_validation_chooses_the_sl_epoch_without_rl(tmp_path, tiny_make_bridge: Callable[..., BridgeModel]) -> None:
+    examples = make_toy_examples(10, n_passages=4, seed=8)
+    reader = ToyReader(supports_scoring=True, cache=False)
+    recipe = BridgeRecipe(**{**RECIPE.__dict__, "validation_fraction": 0.3, "rl_steps": 0, "sl_epochs": 3})
+    trained = train_bridge(examples, reader, tmp_path, recipe, bridge=tiny_make_bridge())
+    assert trained.rl_dir is None and trained.rl_selection is None
+    assert trained.validation_questions == 3 and len(read_silver(trained.silver_path)) == 7
+    assert trained.sl_selection is not None and sorted(trained.sl_selection["validation_reward"]) == ["1", "2", "3"]
+    kept = trained.sl_selection["kept_epoch"]
+    log = [json.loads(line) for line in (tmp_path / "sl" / "log.jsonl").read_text().splitlines()]
+    evals = {r["epoch"]: r["dev_reward"] for r in log if r.get("event") == "eval"}
+    assert evals[kept] == max(evals.values()) and all(evals[e] < evals[kept] for e in evals if e < kept)
+    again = train_bridge(examples, reader, tmp_path, recipe, reuse=True, bridge=tiny_make_bridge())
+    assert again.reused and again.sl_selection == trained.sl_selection
 
 
 def test_validation_fraction_out_of_range_is_rejected(tmp_path) -> None:

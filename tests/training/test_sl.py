@@ -225,6 +225,19 @@ def test_cli_trains_sl_from_a_silver_file(tiny_make_bridge, tmp_path):
     BridgeModel.from_pretrained(tmp_path / "out" / "final")
 
 
+def test_cli_new_bridge_settings_reach_the_config():
+    from bgm_model.cli.main import build_parser
+    from bgm_model.cli.train import _build_bridge
+
+    args = build_parser().parse_args(["train", "sl", "--silver", "s.jsonl", "--from-encoder", "--max-passages", "12",
+                                      "--relevance-prior", "20"])  # fmt: skip
+    config = _build_bridge(args).config
+    assert (config.max_passages, config.relevance_prior) == (12, 20.0)
+    with pytest.raises(ValueError, match="relevance_prior"):
+        _build_bridge(build_parser().parse_args(["train", "sl", "--silver", "s.jsonl", "--from-encoder",
+                                                 "--relevance-prior", "-1"]))  # fmt: skip
+
+
 def test_sl_reaches_the_toy_optimum_on_held_out_queries(tmp_path):
     """The bridge learns *which* passage to pick from its content, not the training queries by heart.
 
