@@ -92,6 +92,16 @@ def test_quality_benchmark_runs_every_method(tmp_path, capsys) -> None:
     table = (tmp_path / "results" / "quality_toy.md").read_text()
     assert "(2 of them held out to choose the SL epoch and the RL step)" in table
     assert f"epoch {sl_selection['kept_epoch']} of epoch 1:" in table
+    # the best heuristic chosen on those held-out questions, compared with BGM on dev
+    fair = result["summary"]["validation heuristic"]
+    assert fair["validation_questions"] == 2 and set(fair["validation"]) == set(result["groups"]["top-k heuristics"])
+    assert fair["validation"][fair["name"]] == max(fair["validation"].values())
+    dev_scores = {m["name"]: m["contains"] for m in result["methods"]}
+    assert fair["dev"] == dev_scores[fair["name"]] and set(fair["checks"]) == {"BGM SL", "BGM SL+RL"}
+    assert f"held-out training questions instead of on dev (as the bridge's epoch and RL step are): **{fair['name']}**" in table
+    quality.main([*args, "--validation-fraction", "0.34", "--rl-steps", "2", "--rl-eval-steps", "1", "--sl-epochs", "2",
+                  "--no-validation-heuristic"])
+    assert "validation heuristic" not in json.loads((tmp_path / "results" / "quality_toy.json").read_text())["summary"]
 
 
 def test_quality_benchmark_refuses_an_empty_split_before_training(tmp_path) -> None:

@@ -88,6 +88,8 @@ class TrainedBridge:
     sl_selection: dict[str, Any] | None = None
     """``{"kept_epoch": n, "validation_questions": n, "validation_reward": {epoch: reward}}`` when SL had
     validation questions."""
+    validation_ids: tuple[str, ...] = ()
+    """Ids of the training questions held out of silver search, SL and RL (empty without validation)."""
 
     @property
     def final_dir(self) -> Path:
@@ -181,7 +183,8 @@ def train_bridge(
         return TrainedBridge(silver_path, sl_dir, rl_dir if wants_rl else None, stats.reader_calls,
                              stats.naive_reader_calls, reused=True, seconds=seconds,
                              rl_selection=_read_json(out / SELECTION_FILE),
-                             sl_selection=_read_json(out / SL_SELECTION_FILE))
+                             sl_selection=_read_json(out / SL_SELECTION_FILE),
+                             validation_ids=tuple(stamp["validation"]))
     stamp_path.unlink(missing_ok=True)  # written again only once both bridges are saved
     (out / SELECTION_FILE).unlink(missing_ok=True)
 
@@ -256,7 +259,7 @@ def train_bridge(
     stamp_path.write_text(json.dumps(stamp, indent=2))
     return TrainedBridge(silver_path, sl_dir, rl_dir if wants_rl else None, stats.reader_calls,
                          stats.naive_reader_calls, reused=False, seconds=seconds, rl_selection=selection,
-                         sl_selection=sl_selection)
+                         sl_selection=sl_selection, validation_ids=tuple(stamp["validation"]))
 
 
 def _read_json(path: Path) -> Any:
