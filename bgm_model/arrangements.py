@@ -82,8 +82,13 @@ def top_k(
     rank = ranker or _retriever_ranking
 
     def arrange(examples: Sequence[QAExample]) -> list[list[int]]:
+        if isinstance(rank, SharedRanking):
+            orders, reused_seconds = rank.rankings(examples)
+            arrangement.seconds += reused_seconds  # this variant's latency includes the ranking it reused
+        else:
+            orders = rank(examples)
         out = []
-        for order in rank(examples):
+        for order in orders:
             ids = list(order[:k])
             if repeat_top and ids:
                 ids = [*ids, ids[0]] if not reverse else [ids[0], *ids]
@@ -92,13 +97,41 @@ def top_k(
 
     name = (f"{label}, " if label else "") + f"top-{k}" + (", reversed" if reverse else "")
     name += ", top repeated" if repeat_top else ""
-    return Arrangement(name, arrange)
+    arrangement = Arrangement(name, arrange)
+    return arrangement
+
+
+class SharedRanking:
+    """One ranker shared by several top-k variants: the batch it last ranked is kept, so variants called on
+    the same batch one after another rank it once. Each variant is still charged the ranking's time, so its
+    ``arrange_ms`` stays the latency a user of that variant alone would see."""
+
+    def __init__(self, ranker: Ranker) -> None:
+        self.ranker = ranker
+        self._batch: list[QAExample] = []
+        self._orders: list[list[int]] = []
+        self._seconds = 0.0
+
+    def rankings(self, examples: Sequence[QAExample]) -> tuple[list[list[int]], float]:
+        """(rankings, seconds of an earlier identical ranking reused: 0.0 when ranked now)."""
+        if len(examples) == len(self._batch) and all(a is b for a, b in zip(examples, self._batch)):
+            return self._orders, self._seconds
+        start = time.perf_counter()
+        orders = self.ranker(examples)
+        self._batch, self._orders, self._seconds = list(examples), orders, time.perf_counter() - start
+        return orders, 0.0
+
+    def __call__(self, examples: Sequence[QAExample]) -> list[list[int]]:
+        return self.rankings(examples)[0]
 
 
 def top_k_variants(
     ks: Sequence[int], *, ranker: Ranker | None = None, label: str | None = None
 ) -> list[Arrangement]:
-    """Every top-k heuristic for ``k`` in ``ks``: plain, reversed, and each with the top passage repeated."""
+    """Every top-k heuristic for ``k`` in ``ks``: plain, reversed, and each with the top passage repeated.
+    A ``ranker`` runs once per batch for all of them (:class:`SharedRanking`)."""
+    if ranker is not None and not isinstance(ranker, SharedRanking):
+        ranker = SharedRanking(ranker)
     methods = []
     for k in ks:
         methods += [top_k(k, ranker=ranker, label=label), top_k(k, repeat_top=True, ranker=ranker, label=label)]

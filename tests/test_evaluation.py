@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from llama_index.core.postprocessor import LongContextReorder
@@ -48,6 +49,28 @@ def test_top_k_on_any_ranking() -> None:
     assert [m.name for m in variants] == ["r, top-1", "r, top-1, top repeated", "r, top-3", "r, top-3, top repeated",
                                           "r, top-3, reversed", "r, top-3, reversed, top repeated"]
     assert len({m.name for m in baseline_arrangements((1, 2))}) == 4 + 2 + 4
+
+
+def test_top_k_variants_rank_each_batch_once_and_each_pays_for_it() -> None:
+    examples = make_toy_examples(6, n_passages=5, seed=1)
+    calls: list[int] = []
+
+    def slow_key_first(batch):
+        calls.append(len(batch))
+        time.sleep(0.05)
+        return [[toy_key_index(ex)] + [i for i in range(5) if i != toy_key_index(ex)] for ex in batch]
+
+    variants = top_k_variants([1, 2], ranker=slow_key_first, label="r")
+    first, second = examples[:3], examples[3:]
+    for batch in (first, second):
+        outputs = [m(batch) for m in variants]
+        assert outputs[0] == [[toy_key_index(ex)] for ex in batch]  # the same rankings as an unshared ranker
+        assert outputs[2] == top_k(2, ranker=slow_key_first)(batch)
+    assert calls == [3, 3, 3, 3]  # once per batch here, plus the two unshared top_k calls above
+    assert all(m.seconds >= 2 * 0.05 for m in variants)  # every variant is charged the ranking of both batches
+    fresh = top_k_variants([1, 2], ranker=slow_key_first, label="r")
+    report = evaluate(examples, ToyReader(cache=False), fresh, batch_size=4, show_progress=False)
+    assert len(calls) == 4 + 2 and all(m.arrange_ms >= 1000 * 0.05 * 2 / 6 for m in report.methods)
 
 
 def test_top_k_variants() -> None:
