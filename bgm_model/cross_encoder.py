@@ -175,13 +175,16 @@ class CrossEncoder:
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda i: min((i + 1) / warmup, max(0.0, (steps - i) / max(1, steps - warmup)))
             )
+        from tqdm.auto import tqdm  # progress of a long fit (minutes per epoch on CPU)
+
         order = list(range(len(items)))
         losses = []
         self.model.train()
         for epoch in range(epochs):
             rng.shuffle(order)
             total = 0.0
-            for start in range(0, len(order), batch_size):
+            starts = range(0, len(order), batch_size)
+            for start in tqdm(starts, desc=f"cross-encoder epoch {epoch + 1}/{epochs}", unit="batch", leave=False):
                 batch = [items[i] for i in order[start : start + batch_size]]
                 loss = loss_fn(batch)
                 opt.zero_grad()
