@@ -9,7 +9,9 @@ the answer contains a gold answer, for the default reward) when the reader sees 
 * the retriever's top-1 passage; the gold passage (first one retrieved, else top-1); the best single passage
   (an oracle); the passage with the highest question-word overlap;
 * the passage a logistic regression on simple features (retriever rank, retriever score, question-word
-  overlap with text and title, length) rates most likely to work, 5-fold cross-validated by question.
+  overlap with text and title, length) rates most likely to work, 5-fold cross-validated by question;
+* the first passage whose text holds a gold answer string (else top-1): it separates *finding* the passage
+  (how often the retriever's top-1 holds the answer) from *reading* it (how often the reader then answers).
 
 Run after the quality benchmark (it reuses that run's silver file and the cached MiniLM retrieval):
 
@@ -31,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from bgm_model.bundled import bundled_dataset  # noqa: E402
 from bgm_model.data import load_examples  # noqa: E402
+from bgm_model.rewards import answer_contains  # noqa: E402
 from bgm_model.training.silver import read_silver  # noqa: E402
 
 _STOP = {"the", "a", "an", "of", "in", "is", "who", "what", "when", "where", "was", "to", "and", "how", "did",
@@ -65,10 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             title = words(passage.split(")")[0]) if passage.startswith("(") else set()
             rows.append([j, ex.scores[j] if ex.scores else 0.0, len(qw & words(passage)) / max(1, len(qw)),
                          len(qw & title) / max(1, len(qw)), len(passage) / 1000,
-                         single[j][0] >= 1 if j in single else False, bool(ex.gold and ex.gold[j])])
+                         single[j][0] >= 1 if j in single else False, bool(ex.gold and ex.gold[j]),
+                         answer_contains(passage, ex.answers) >= 1])
             owner.append(q)
     data, owner = np.array(rows, dtype=float), np.array(owner)
-    rank, ok, gold = data[:, 0], data[:, 5], data[:, 6]
+    rank, ok, gold, holds = data[:, 0], data[:, 5], data[:, 6], data[:, 7]
     n = len(records)
 
     def pick(score: np.ndarray) -> float:
@@ -93,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         "best single passage (oracle)": float(np.mean([ok[owner == q].max() for q in range(n)])),
         "most question-word overlap": pick(data[:, 2] - rank * 1e-3),
         "logistic regression on simple features (5-fold CV)": pick(predicted),
+        "answer-holding passage alone (else top-1)": pick(holds * 10 - rank * 0.01),
+        "top-1 passage holds a gold answer": float(holds[rank == 0].mean()),
+        "some candidate holds a gold answer": float(np.mean([holds[owner == q].max() for q in range(n)])),
+        "P(correct | passage holds a gold answer)": float(ok[holds == 1].mean()) if (holds == 1).any() else None,
+        "P(correct | passage without one)": float(ok[holds == 0].mean()) if (holds == 0).any() else None,
         "P(correct | rank)": [round(float(ok[rank == j].mean()), 3) for j in range(int(rank.max()) + 1)],
         "P(correct | gold passage)": float(ok[gold == 1].mean()) if (gold == 1).any() else None,
         "P(correct | other passage)": float(ok[gold == 0].mean()),

@@ -46,3 +46,9 @@ def test_single_passage_table_from_the_scans(tmp_path) -> None:
     assert result["top-1 alone"] == 0.0  # the retriever's first passage never holds the answer here
     assert result["gold passage alone (else top-1)"] == 1.0 and result["best single passage (oracle)"] == 1.0
     assert result["P(correct | rank)"] == [0.0, 1.0, 0.0]
+    # Finding vs reading: only the second passage holds "paris", and the reader answers from it every time.
+    assert result["top-1 passage holds a gold answer"] == 0.0
+    assert result["some candidate holds a gold answer"] == 1.0
+    assert result["answer-holding passage alone (else top-1)"] == 1.0
+    assert result["P(correct | passage holds a gold answer)"] == 1.0
+    assert result["P(correct | passage without one)"] == 0.0
