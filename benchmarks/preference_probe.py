@@ -1,0 +1,96 @@
+"""Does your reader have a preference gap a bridge could close? A quick probe before training one.
+
+Answers N questions with the reader under a few fixed arrangements of the retrieved candidates — all of them
+in retriever order, reversed, top-5, top-3, top-1, and (when the data marks gold passages) the gold passage
+alone and twice — and prints answer containment, EM and F1 with bootstrap CIs. A reader that does much
+better with fewer passages, another order, or a repeated passage than with "all in retriever order" is what
+the bridge is for; if the gold passage alone is no better than top-1, choosing passages has little to gain.
+
+    python benchmarks/preference_probe.py --dataset nq_open --questions 50
+
+The gold arrangements use the gold labels (the first gold candidate; top-1 when none was retrieved): an
+upper-bound reference, not a method. Reader calls go through the persistent cache, so a rerun is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bgm_model.arrangements import Arrangement, retriever_order, reversed_order, top_k  # noqa: E402
+from bgm_model.bundled import bundled_dataset  # noqa: E402
+from bgm_model.cli.common import add_reader_arguments, build_reader  # noqa: E402
+from bgm_model.data import QAExample, load_examples  # noqa: E402
+from bgm_model.evaluation import evaluate  # noqa: E402
+
+
+def gold_index(example: QAExample) -> int:
+    """The first gold candidate, else 0 (the retriever's top-1)."""
+    return next((i for i, g in enumerate(example.gold or []) if g), 0)
+
+
+def gold_arrangement(name: str, copies: int) -> Arrangement:
+    return Arrangement(name, lambda examples: [[gold_index(ex)] * copies for ex in examples])
+
+
+def probe_methods(examples: list[QAExample]) -> list[Arrangement]:
+    methods = [retriever_order(), reversed_order(), top_k(5), top_k(3), top_k(1)]
+    if any(ex.gold and any(ex.gold) for ex in examples):
+        methods += [gold_arrangement("gold passage alone", 1), gold_arrangement("gold passage twice", 2)]
+    return methods
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="nq_open", choices=["nq_open", "hotpotqa"], help="bundled dataset")
+    p.add_argument("--data", default=None, help="a dataset file instead (any format of bgm_model.data)")
+    p.add_argument("--split", default="dev")
+    p.add_argument("--questions", type=int, default=50)
+    p.add_argument("--top-k", type=int, default=10, help="candidates retrieved per question (retrieval sets)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "preference_probe.json"))
+    add_reader_arguments(p)
+    args = p.parse_args(argv)
+
+    source = args.data or bundled_dataset(args.dataset, args.split)
+    examples = load_examples(source, top_k=args.top_k, limit=args.questions)
+    if not examples:
+        raise SystemExit(f"no questions in {source}")
+    reader = build_reader(args)
+    methods = probe_methods(examples)
+    start = time.perf_counter()
+    report = evaluate(examples, reader, methods, show_progress=True)
+    seconds = time.perf_counter() - start
+    rows = {}
+    for method in report.methods:
+        low, high = method.interval("contains")
+        rows[method.name] = {"contains": method.contains, "contains 95% CI": [low, high], "em": method.em,
+                             "f1": method.f1, "prompt tokens": method.prompt_tokens}
+    shown = Path(source).resolve()
+    result = {
+        "questions": len(examples),
+        "source": str(shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown),
+        "reader": report.reader,
+        "seconds": round(seconds, 1),
+        "methods": rows,
+        "command": "python benchmarks/preference_probe.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{len(examples)} questions from {result['source']}, reader {report.reader}, {seconds:.0f} s\n")
+    print("| arrangement | contains | 95% CI | EM | F1 | prompt tokens |\n|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        low, high = row["contains 95% CI"]
+        print(f"| {name} | {row['contains']:.3f} | [{low:.2f}, {high:.2f}] | {row['em']:.3f} | {row['f1']:.3f} "
+              f"| {row['prompt tokens']:.0f} |")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
