@@ -213,6 +213,25 @@ def fixed_sequences(name: str, sequences: dict[str, list[int]]) -> Arrangement:
     return Arrangement(name, _per_example(arrange))
 
 
+def gold_passage(copies: int = 1) -> Arrangement:
+    """The first gold candidate (:attr:`QAExample.gold`), shown ``copies`` times: a reference for what choosing
+    (and repeating) the right passage could gain, not a method — it reads the gold labels. An example without a
+    gold candidate gets the retriever's top-1, so the row stays comparable with top-1; one without any gold
+    labels raises (use it only on labelled data)."""
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+
+    def arrange(ex: QAExample) -> list[int]:
+        if ex.gold is None:
+            raise ValueError(f"example {ex.id!r} has no gold-passage labels: the gold-passage reference needs them")
+        if not ex.passages:
+            return []
+        return [next((i for i, g in enumerate(ex.gold) if g), 0)] * copies
+
+    name = "gold passage " + {1: "alone", 2: "twice"}.get(copies, f"x{copies}")
+    return Arrangement(name, _per_example(arrange))
+
+
 def baseline_arrangements(ks: Sequence[int] = (1, 2, 3, 5)) -> list[Arrangement]:
     """The fixed heuristics a user could pick without training anything."""
     return [no_retrieval(), retriever_order(), reversed_order(), long_context_reorder(), *top_k_variants(ks)]

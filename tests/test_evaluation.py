@@ -178,3 +178,42 @@ def test_cross_encoder_listwise_training_ranks_the_gold_passage_first() -> None:
         ce.fit_listwise(["q"], [["a", "b"]], [[0.0, 0.0]])
     with pytest.raises(ValueError, match="2 passages but 1 labels"):
         ce.fit_listwise(["q"], [["a", "b"]], [[1.0]])
+
+
+def test_gold_passage_reference_reads_the_labels() -> None:
+    from bgm_model.arrangements import gold_passage
+
+    examples = make_toy_examples(3, n_passages=4, seed=5)
+    assert gold_passage(1)(examples) == [[toy_key_index(ex)] for ex in examples]
+    assert gold_passage(2)(examples) == [[toy_key_index(ex)] * 2 for ex in examples]
+    assert [gold_passage(n).name for n in (1, 2, 3)] == ["gold passage alone", "gold passage twice", "gold passage x3"]
+    examples[0].gold = [False] * 4  # no gold candidate retrieved: falls back to the retriever's top-1
+    assert gold_passage(1)(examples)[0] == [0]
+    examples[1].gold = None
+    with pytest.raises(ValueError, match="no gold-passage labels"):
+        gold_passage(1)(examples)
+    with pytest.raises(ValueError, match="copies"):
+        gold_passage(0)
+
+
+def test_evaluate_cli_gold_references(tmp_path, capsys) -> None:
+    data = tmp_path / "toy.jsonl"
+    examples = make_toy_examples(4, n_passages=4, seed=2)
+    with data.open("w") as f:
+        for ex in examples:
+            f.write(json.dumps({"id": ex.id, "question": ex.question, "answers": ex.answers,
+                                "passages": [{"title": "", "text": p, "is_gold": g}
+                                             for p, g in zip(ex.passages, ex.gold, strict=True)]}) + "\n")
+    out = tmp_path / "report.json"
+    assert bgm_main(["evaluate", "--data", str(data), "--reader", "toy", "--reader-cache", "none",
+                     "--baselines", "basic", "--gold-references", "--output", str(out)]) == 0
+    methods = {m["name"]: m for m in json.loads(out.read_text())["methods"]}
+    assert list(methods) == ["no retrieval", "all, retriever order", "gold passage alone", "gold passage twice"]
+    assert methods["gold passage twice"]["em"] == 1.0 and methods["gold passage alone"]["em"] == 0.0  # toy reader
+
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text("".join(json.dumps({"id": ex.id, "question": ex.question, "answers": ex.answers,
+                                              "passages": [{"title": "", "text": p} for p in ex.passages]}) + "\n"
+                                  for ex in examples))
+    with pytest.raises(SystemExit, match="needs gold-passage labels"):
+        bgm_main(["evaluate", "--data", str(unlabelled), "--reader", "toy", "--gold-references"])

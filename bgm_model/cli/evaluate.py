@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fixed arrangements to compare: 'all' (no retrieval, all in retriever order, reversed, "
                    "long-context reorder, top-k with/without reversal and repetition), 'basic' (no retrieval and "
                    "all in retriever order), 'none'")
+    p.add_argument("--gold-references", action="store_true",
+                   help="also show the gold passage alone and twice (needs gold-passage labels in the data): what "
+                   "choosing or repeating the right passage could gain over the fixed arrangements")
     p.add_argument("--top-ks", default="1,2,3,5", help="k values of the top-k baselines, comma separated")
     p.add_argument("--batch-size", type=int, default=16, help="questions arranged (and bridged) per batch")
     p.add_argument("--ci-metric", default="f1", choices=["em", "f1", "contains"],
@@ -41,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from bgm_model.arrangements import (
         baseline_arrangements,
         bridge_arrangement,
+        gold_passage,
         no_retrieval,
         retriever_order,
     )
@@ -51,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
     ks = [int(k) for k in args.top_ks.split(",") if k.strip()]
     methods = {"all": lambda: baseline_arrangements(ks), "basic": lambda: [no_retrieval(), retriever_order()],
                "none": list}[args.baselines]()
+    if args.gold_references:
+        unlabelled = [ex.id for ex in examples if ex.gold is None]
+        if unlabelled:
+            raise SystemExit(f"--gold-references needs gold-passage labels ('is_gold' or 'gold_passage_ids'); "
+                             f"{len(unlabelled)} of {len(examples)} questions have none (e.g. {unlabelled[0]!r})")
+        methods += [gold_passage(1), gold_passage(2)]
     for spec in args.bridge:
         name, _, path = spec.rpartition("=")
         name = name or f"BGM {Path(path).name}"
