@@ -1,8 +1,11 @@
-"""Helpers shared by tests: tiny offline bridges and a fixed-answer bridge."""
+"""Helpers shared by tests: tiny offline bridges, a fixed-answer bridge, benchmark scripts as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -53,3 +56,13 @@ def fit_bridge_to(bridge: BridgeModel, query: str, passages: list[str], target: 
         loss.backward()
         opt.step()
     bridge.eval()
+
+
+def load_benchmark(script: str) -> ModuleType:
+    """``benchmarks/<script>.py`` imported as a module (the benchmarks folder is not a package)."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{script}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

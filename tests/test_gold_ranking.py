@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("gold_ranking", ROOT / "benchmarks" / "gold_ranking.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+from tests._helpers import load_benchmark
 
 
 def test_gold_first_follows_the_weighted_score() -> None:
-    module = _load()
+    module = load_benchmark("gold_ranking")
     # The cross-encoder prefers passage 1, the retriever passage 0, and passage 0 is gold.
     rows = [(np.array([0.0, 1.0]), np.array([1.0, -1.0]), np.array([True, False]))] * 3
     assert module.gold_first(rows, None) == 1.0  # retriever order
@@ -33,7 +23,7 @@ def test_gold_first_follows_the_weighted_score() -> None:
 def test_report_on_a_small_retrieval_set(tmp_path) -> None:
     from bgm_model.cross_encoder import CrossEncoder
 
-    module = _load()
+    module = load_benchmark("gold_ranking")
     topics = ["volcanoes erupt lava", "penguins live in antarctica", "violins have four strings",
               "glaciers carve valleys", "tulips bloom in spring", "comets have icy tails"]
     with (tmp_path / "corpus.jsonl").open("w") as f:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 from bgm_model.data import QAExample
 from bgm_model.readers.base import Reader
 from bgm_model.training.silver import SilverConfig, synthesize_to_file
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests._helpers import load_benchmark
 
 
 class KeyReader(Reader):
@@ -24,10 +21,7 @@ class KeyReader(Reader):
 
 
 def test_single_passage_table_from_the_scans(tmp_path) -> None:
-    spec = importlib.util.spec_from_file_location("passage_choice", ROOT / "benchmarks" / "passage_choice.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
+    module = load_benchmark("passage_choice")
     data = tmp_path / "data.jsonl"
     examples = []
     with data.open("w") as f:

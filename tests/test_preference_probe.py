@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 from bgm_model.training.toy import make_toy_examples
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests._helpers import load_benchmark
 
 
 def test_probe_table_on_toy_data(tmp_path, capsys) -> None:
-    spec = importlib.util.spec_from_file_location("preference_probe", ROOT / "benchmarks" / "preference_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
+    module = load_benchmark("preference_probe")
     data = tmp_path / "toy.jsonl"
     with data.open("w") as f:
         for ex in make_toy_examples(12, n_passages=5, seed=3):

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from bgm_model.training.toy import make_toy_examples
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+from tests._helpers import load_benchmark
 
 
 def _write(path: Path, examples) -> Path:
@@ -31,7 +21,7 @@ def _write(path: Path, examples) -> Path:
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_quality_benchmark_runs_every_method(tmp_path, capsys) -> None:
-    quality = _load_benchmark()
+    quality = load_benchmark("quality")
     examples = make_toy_examples(10, n_passages=4, seed=11)
     train = _write(tmp_path / "toy_train.jsonl", examples[:6])
     dev = _write(tmp_path / "toy_dev.jsonl", examples[6:])
@@ -105,7 +95,7 @@ def test_quality_benchmark_runs_every_method(tmp_path, capsys) -> None:
 
 
 def test_quality_benchmark_refuses_an_empty_split_before_training(tmp_path) -> None:
-    quality = _load_benchmark()
+    quality = load_benchmark("quality")
     train = _write(tmp_path / "toy_train.jsonl", make_toy_examples(3, n_passages=4))
     dev = tmp_path / "empty.jsonl"
     dev.write_text("")
@@ -116,14 +106,14 @@ def test_quality_benchmark_refuses_an_empty_split_before_training(tmp_path) -> N
 
 def test_quality_benchmark_refuses_a_negative_oracle_size(capsys) -> None:
     with pytest.raises(SystemExit):
-        _load_benchmark().parse_args(["--oracle-questions", "-1"])
+        load_benchmark("quality").parse_args(["--oracle-questions", "-1"])
     assert "--oracle-questions must be >= 0" in capsys.readouterr().err
 
 
 def test_best_heuristic_is_chosen_by_the_metric_asked_for() -> None:
     from bgm_model.evaluation import EvaluationReport, MethodResult
 
-    bench = _load_benchmark()
+    bench = load_benchmark("quality")
 
     def method(name: str, f1: float, contains: float) -> MethodResult:
         return MethodResult(name, em=0.0, f1=f1, contains=contains, prompt_tokens=100, passages=1, arrange_ms=0)
