@@ -48,9 +48,11 @@ def scored(examples: list[QAExample], cross_encoder: Any) -> list[tuple[np.ndarr
     if missing:
         raise SystemExit(f"{len(missing)} questions carry no retriever scores (e.g. {missing[0]}): this check needs a "
                          "retrieval dataset (nq_open) or a file whose candidates have scores")
-    orders = [np.array(cross_encoder.score(e.question, e.passages), dtype=float) for e in labelled]
+    if not labelled:
+        raise SystemExit("no question has a gold passage among its candidates: nothing to measure")
+    ce_scores = [np.array(cross_encoder.score(e.question, e.passages), dtype=float) for e in labelled]
     return [(zscore(c), zscore(np.array(e.scores, dtype=float)), np.array(e.gold, dtype=bool))
-            for c, e in zip(orders, labelled)]
+            for c, e in zip(ce_scores, labelled, strict=True)]
 
 
 def gold_first(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], weight: float | None) -> float:
@@ -58,7 +60,7 @@ def gold_first(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], weight: fl
     retriever's order (argmax takes the earliest index)."""
     hits = [gold[int(np.argmax(retriever if weight is None else ce + weight * retriever))]
             for ce, retriever, gold in rows]
-    return float(np.mean(hits)) if hits else float("nan")
+    return float(np.mean(hits))
 
 
 def main(argv: list[str] | None = None) -> int:

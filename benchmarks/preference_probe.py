@@ -2,9 +2,9 @@
 
 Answers N questions with the reader under a few fixed arrangements of the retrieved candidates — all of them
 in retriever order, reversed, top-5, top-3, top-1, and (when the data marks gold passages) the gold passage
-alone and twice — and prints answer containment, EM and F1 with bootstrap CIs. A reader that does much
-better with fewer passages, another order, or a repeated passage than with "all in retriever order" is what
-the bridge is for; if the gold passage alone is no better than top-1, choosing passages has little to gain.
+alone and twice — and prints EM, F1 and answer containment (with a bootstrap CI), as ``bgm evaluate`` does.
+A reader that does much better with fewer passages, another order, or a repeated passage than with "all in
+retriever order" is what the bridge is for; if the gold passage alone is no better than top-1, choosing passages has little to gain.
 
     python benchmarks/preference_probe.py --dataset nq_open --questions 50
 
@@ -59,28 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     report = evaluate(examples, reader, methods, show_progress=True)
     seconds = time.perf_counter() - start
-    rows = {}
-    for method in report.methods:
-        low, high = method.interval("contains")
-        rows[method.name] = {"contains": method.contains, "contains 95% CI": [low, high], "em": method.em,
-                             "f1": method.f1, "prompt tokens": method.prompt_tokens}
     shown = Path(source).resolve()
     result = {
-        "questions": len(examples),
         "source": str(shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown),
-        "reader": report.reader,
         "seconds": round(seconds, 1),
-        "methods": rows,
         "command": "python benchmarks/preference_probe.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        **report.to_dict(),  # the same report `bgm evaluate --output` writes, per question included
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{len(examples)} questions from {result['source']}, reader {report.reader}, {seconds:.0f} s\n")
-    print("| arrangement | contains | 95% CI | EM | F1 | prompt tokens |\n|---|---|---|---|---|---|")
-    for name, row in rows.items():
-        low, high = row["contains 95% CI"]
-        print(f"| {name} | {row['contains']:.3f} | [{low:.2f}, {high:.2f}] | {row['em']:.3f} | {row['f1']:.3f} "
-              f"| {row['prompt tokens']:.0f} |")
+    print(report.table(ci_metric="contains"))
     print(f"\nwrote {args.out}")
     return 0
 

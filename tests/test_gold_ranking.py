@@ -55,3 +55,10 @@ def test_report_on_a_small_retrieval_set(tmp_path) -> None:
     with pytest.raises(SystemExit, match="no retriever scores"):
         module.main(["--cross-encoder", str(ce_dir), "--train", str(fixed), "--dev", str(fixed), "--skip", "0",
                      "--out", str(out)])
+
+    unfound = tmp_path / "unfound.jsonl"  # the gold passage is not in the pool, so never among the candidates
+    unfound.write_text(json.dumps({"id": "u0", "question": "what about volcanoes?", "answers": ["x"],
+                                   "gold_passage_ids": ["p99"]}) + "\n")
+    with pytest.raises(SystemExit, match="no question has a gold passage"):
+        module.main(["--cross-encoder", str(ce_dir), "--train", str(tmp_path / "train.jsonl"), "--dev", str(unfound),
+                     "--skip", "3", "--top-k", "3", "--out", str(out)])
