@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -63,17 +64,32 @@ class BridgeConfig:
     )
 
     def __post_init__(self) -> None:
+        # Types first: a float where an int belongs (2.5 passages) or a bool where a number belongs
+        # (max_repeats=True) would otherwise decode "fine" and silently differ from what was trained.
+        for name in _INT_FIELDS:
+            _require_int(name, getattr(self, name))
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"BridgeConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("overflow", "id_token_format"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"BridgeConfig.{name} must be a str, got {getattr(self, name)!r}")
+        if isinstance(self.relevance_prior, bool) or not isinstance(self.relevance_prior, (int, float)):
+            raise TypeError(f"BridgeConfig.relevance_prior must be a number, got {self.relevance_prior!r}")
         for name in ("max_passages", "max_query_tokens", "max_passage_tokens", "max_repeats", "encoder_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"BridgeConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_output_length < 0:
             raise ValueError(f"BridgeConfig.max_output_length must be >= 0, got {self.max_output_length}")
-        if not self.relevance_prior >= 0:
-            raise ValueError(f"BridgeConfig.relevance_prior must be >= 0, got {self.relevance_prior}")
+        if not (math.isfinite(self.relevance_prior) and self.relevance_prior >= 0):
+            raise ValueError(f"BridgeConfig.relevance_prior must be finite and >= 0, got {self.relevance_prior}")
         if self.overflow not in ("error", "truncate"):
             raise ValueError(f"BridgeConfig.overflow must be 'error' or 'truncate', got {self.overflow!r}")
-        if "{}" not in self.id_token_format:
-            raise ValueError("BridgeConfig.id_token_format must contain '{}' for the passage index")
+        if self.id_token_format.count("{}") != 1 or self.id_token_format.strip() != self.id_token_format:
+            raise ValueError(
+                "BridgeConfig.id_token_format must contain '{}' exactly once for the passage index and no "
+                f"surrounding whitespace, got {self.id_token_format!r}"
+            )
 
     @property
     def id_tokens(self) -> list[str]:
@@ -90,3 +106,16 @@ class BridgeConfig:
         if unknown:
             logger.warning("Ignoring unknown bridge config keys %s (saved by a newer bgm-bridge?)", unknown)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_INT_FIELDS = (
+    "max_passages", "max_query_tokens", "max_passage_tokens", "max_output_length", "max_repeats",
+    "encoder_batch_size",
+)
+_BOOL_FIELDS = ("pointer_scoring",)
+
+
+def _require_int(name: str, value: Any) -> None:
+    # bool is an int subclass: True would pass as 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"BridgeConfig.{name} must be an int, got {value!r} ({type(value).__name__})")

@@ -36,8 +36,10 @@ class CrossEncoder:
 
         source = str(path) if path is not None else minilm_path()
         with _quiet_transformers():
-            self.model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, use_safetensors=True)
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=1, use_safetensors=True, trust_remote_code=False
+            )
+        self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         self.max_length = max_length
         self.batch_size = batch_size
         self.device = resolve_device(device)

@@ -60,8 +60,10 @@ class MiniLMEmbedder:
         self.model_path = str(model_path) if model_path is not None else default_minilm_path()
         self.max_length = max_length
         self.device = device
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.model = AutoModel.from_pretrained(self.model_path).to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=False)
+        self.model = (
+            AutoModel.from_pretrained(self.model_path, use_safetensors=True, trust_remote_code=False).to(device).eval()
+        )
         self._fingerprint = self._compute_fingerprint()
 
     def _compute_fingerprint(self) -> str:

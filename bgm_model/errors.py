@@ -13,3 +13,7 @@ class BridgeLoadError(BridgeError, OSError):
 
 class TooManyPassagesError(BridgeError, ValueError):
     """More passages than the bridge's ID capacity (``BridgeConfig.max_passages``)."""
+
+
+class CheckpointError(BridgeError, RuntimeError):
+    """A training checkpoint cannot be resumed: unsafe to load, or written for other data or settings."""

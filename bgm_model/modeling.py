@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import logging
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from torch import nn
 from .config import CONFIG_KEY, BridgeConfig
 from .errors import BridgeError, BridgeLoadError, TooManyPassagesError
 from .outputs import BridgeResult
+from .validation import check_count, check_unicode
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -108,7 +111,8 @@ class BridgeModel(nn.Module):
     # ------------------------------------------------------------------ construction and persistence
     def _prepare_vocabulary(self, *, allow_add: bool) -> None:
         tok, cfg = self.tokenizer, self.config
-        missing = [t for t in cfg.id_tokens if t not in tok.get_vocab()]
+        vocab = tok.get_vocab()  # built anew on every call: once, not once per ID token
+        missing = [t for t in cfg.id_tokens if t not in vocab]
         if missing:
             if not allow_add:
                 raise BridgeLoadError(
@@ -142,7 +146,7 @@ class BridgeModel(nn.Module):
         # Action space: K passage IDs followed by the end token (action K).
         self.register_buffer("_action_token_ids", torch.tensor([*ids, end], dtype=torch.long), persistent=False)
         self._start_token_id = int(start)
-        self._id_token_pattern = re.compile(re.escape(cfg.id_token_format).replace(r"\{\}", r"\d+"))
+        self._id_token_pattern = _typed_tokens_pattern(cfg.id_token_format, tok.all_special_tokens)
 
         if cfg.pointer_scoring:
             enc_h = self._hidden_size(self.model.get_encoder())
@@ -254,9 +258,10 @@ class BridgeModel(nn.Module):
         with _quiet_transformers():
             decoder_kwargs = {} if decoder_layers is None else {"decoder_num_hidden_layers": decoder_layers}
             model = EncoderDecoderModel.from_encoder_decoder_pretrained(
-                path, path, encoder_use_safetensors=True, decoder_use_safetensors=True, **decoder_kwargs
+                path, path, encoder_use_safetensors=True, decoder_use_safetensors=True,
+                encoder_trust_remote_code=False, decoder_trust_remote_code=False, **decoder_kwargs
             )
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model.config.decoder_start_token_id = tokenizer.cls_token_id
         model.config.eos_token_id = tokenizer.sep_token_id
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -273,8 +278,8 @@ class BridgeModel(nn.Module):
         """Start a bridge from any seq2seq LM checkpoint (t5, flan-t5, bart ...), by path or hub id."""
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, use_safetensors=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
         return cls(model, tokenizer, config, device=device)
 
     @classmethod
@@ -289,27 +294,44 @@ class BridgeModel(nn.Module):
         from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
         source = _checked_source(name_or_path)
+        name = str(name_or_path)
         try:
-            model_config = AutoConfig.from_pretrained(source)
+            model_config = AutoConfig.from_pretrained(source, trust_remote_code=False)
         except OSError as e:
             raise BridgeLoadError(
-                f"Could not load the bridge {str(name_or_path)!r}: it is not a local directory and the hub "
+                f"Could not load the bridge {name!r}: it is not a local directory and the hub "
                 f"lookup failed ({e}). Offline (HF_HUB_OFFLINE=1)? Pass the path of a saved bridge."
             ) from e
+        except ValueError as e:  # e.g. an unknown model_type that only custom code would define
+            raise BridgeLoadError(f"Could not load the bridge {name!r}: {e}") from e
+        if getattr(model_config, "auto_map", None):
+            raise BridgeLoadError(_AUTO_MAP_REFUSED.format(name=name))
         saved = getattr(model_config, CONFIG_KEY, None)
         if not isinstance(saved, dict):
             raise BridgeLoadError(
-                f"{str(name_or_path)!r} is a model checkpoint but not a bridge (config.json has no "
+                f"{name!r} is a model checkpoint but not a bridge (config.json has no "
                 f"'{CONFIG_KEY}' entry). Start a bridge from it with BridgeModel.from_seq2seq(...)."
             )
-        config = BridgeConfig.from_dict(saved)
+        try:
+            config = BridgeConfig.from_dict(saved)
+        except (TypeError, ValueError) as e:
+            raise BridgeLoadError(f"{name!r}: config.json's '{CONFIG_KEY}' settings are invalid: {e}") from e
         if config_overrides:
             config = dataclasses.replace(config, **config_overrides)
         if saved.get("version") != __version__:
             logger.info("Bridge saved by bgm-bridge %s, loaded by %s", saved.get("version"), __version__)
-        with _quiet_transformers():
-            model = AutoModelForSeq2SeqLM.from_pretrained(source, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        from safetensors import SafetensorError
+
+        try:
+            with _quiet_transformers():
+                model, info = AutoModelForSeq2SeqLM.from_pretrained(
+                    source, use_safetensors=True, trust_remote_code=False,
+                    output_loading_info=True, ignore_mismatched_sizes=True,
+                )
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            raise BridgeLoadError(f"Could not load the weights of the bridge {name!r}: {e}") from e
+        _check_loading_info(name, info)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         return cls(model, tokenizer, config, device=device, _add_id_tokens=False)
 
     def save_pretrained(self, path: str | Path) -> Path:
@@ -326,18 +348,21 @@ class BridgeModel(nn.Module):
 
     # ------------------------------------------------------------------ input handling
     def _clean(self, text: str, max_tokens: int) -> str:
-        # Literal ID-token text inside user input must not turn into real ID tokens.
+        # Literal ID-token or special-token text inside user input ("[P3]", "[SEP]") must not turn into the
+        # real tokens: a space after the first character makes the tokenizer read it as plain text.
         text = text[: max_tokens * _CHARS_PER_TOKEN_BUDGET]
         return self._id_token_pattern.sub(lambda m: f"{m.group(0)[0]} {m.group(0)[1:]}", text)
 
     def _check_inputs(self, query: Any, passages: Any) -> list[str]:
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
+        check_unicode(query, "query")
         if isinstance(passages, str) or not isinstance(passages, Sequence):
             raise TypeError(f"passages must be a sequence of str, got {type(passages).__name__}")
         for i, p in enumerate(passages):
             if not isinstance(p, str):
                 raise TypeError(f"passages[{i}] must be a str, got {type(p).__name__}")
+            check_unicode(p, f"passages[{i}]")
         limit = self.config.max_passages
         if len(passages) > limit:
             if self.config.overflow == "error":
@@ -508,7 +533,9 @@ class BridgeModel(nn.Module):
             out = self._decoder_logits(enc, decoder_input, cache)
             cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
             forced = torch.full((batch,), step == max_len, device=self.device)
-            lp = self._action_log_probs(self._action_logits(out, enc, last_only=True), counts, enc.n_passages, forced)
+            logits = self._action_logits(out, enc, last_only=True)
+            _check_finite(logits, finished)
+            lp = self._action_log_probs(logits, counts, enc.n_passages, forced)
             if do_sample:
                 probs = torch.softmax(lp / temperature, dim=-1)
                 action = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
@@ -573,10 +600,13 @@ class BridgeModel(nn.Module):
 
         Log-probabilities are those of the untempered policy, i.e. what :meth:`step_log_probs` recomputes.
         """
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}; use bridge_batch for greedy")
+        check_count("num_samples", num_samples)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise TypeError(f"temperature must be a number, got {temperature!r}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(
+                f"temperature must be finite and > 0, got {temperature}; use bridge_batch for greedy"
+            )
         flat = self._run(
             queries, passages_per_query, batch_size, "raise",
             num_samples=num_samples, do_sample=True, temperature=temperature, generator=generator,
@@ -599,10 +629,17 @@ class BridgeModel(nn.Module):
             raise ValueError(f"on_error must be 'raise' or 'passthrough', got {on_error!r}")
         if isinstance(queries, str):
             raise TypeError("queries must be a sequence of str; use bridge() for a single query")
+        # Generators and other one-shot iterables would be consumed by the first pass over them.
+        if not isinstance(queries, Sequence):
+            raise TypeError(f"queries must be a sequence (list, tuple) of str, got {type(queries).__name__}")
+        if isinstance(passages_per_query, str) or not isinstance(passages_per_query, Sequence):
+            raise TypeError(
+                "passages_per_query must be a sequence (one list of passages per query), got "
+                f"{type(passages_per_query).__name__}"
+            )
         if len(queries) != len(passages_per_query):
             raise ValueError(f"{len(queries)} queries but {len(passages_per_query)} passage lists")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_count("batch_size", batch_size)
         checked = [self._check_inputs(q, ps) for q, ps in zip(queries, passages_per_query)]
 
         results: list[BridgeResult | None] = [None] * (len(queries) * num_samples)
@@ -737,17 +774,115 @@ class BridgeModel(nn.Module):
         return log_probs.sum(-1)
 
 
+def _check_finite(action_logits: torch.Tensor, finished: torch.Tensor) -> None:
+    """Refuse NaN/inf scores: argmax over NaN picks ID 0 every step, a silent wrong answer."""
+    bad = ~torch.isfinite(action_logits).all(-1) & ~finished
+    if bool(bad.any()):
+        raise BridgeError(
+            f"The bridge produced non-finite scores (NaN or inf) for {int(bad.sum())} of "
+            f"{bad.numel()} queries: its weights are corrupted or a setting overflowed. Reload or retrain "
+            "the bridge."
+        )
+
+
+def _typed_tokens_pattern(id_token_format: str, special_tokens: Sequence[str]) -> re.Pattern[str]:
+    """Text that the tokenizer would read as an ID token or a special token ([SEP], [CLS], </s> ...)."""
+    id_pattern = re.escape(id_token_format).replace(r"\{\}", r"\d+")
+    is_id = re.compile(id_pattern)
+    specials = sorted({t for t in special_tokens if len(t) > 1 and not is_id.fullmatch(t)}, key=len, reverse=True)
+    return re.compile("|".join([id_pattern, *(re.escape(t) for t in specials)]))
+
+
+_AUTO_MAP_REFUSED = (
+    "{name!r} asks for custom model code (an 'auto_map' entry in its config): bgm-bridge never runs code from "
+    "a checkpoint. A bridge saved by save_pretrained() has no auto_map; this folder was changed or is not a bridge."
+)
+#: Weight formats transformers would unpickle (torch.load) or that are not safetensors.
+_UNSAFE_WEIGHT_PATTERNS = ("*.bin", "*.pth", "*.ckpt", "*.ckpt.*", "*.h5", "*.msgpack", "*.pkl", "*.bin.index.json")
+
+
+def _has_auto_map(data: Any) -> bool:
+    """An ``auto_map`` anywhere in a config (the encoder/decoder sub-configs of EncoderDecoderModel too)."""
+    if isinstance(data, dict):
+        return "auto_map" in data or any(_has_auto_map(v) for v in data.values())
+    return False
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BridgeLoadError(f"{path} is not readable JSON ({e}).") from e
+
+
+def _checked_weights(path: Path) -> list[Path]:
+    """The safetensors files of a bridge folder, each with a readable header; nothing else is loaded."""
+    unsafe = sorted({p.name for pattern in _UNSAFE_WEIGHT_PATTERNS for p in path.glob(pattern)})
+    if unsafe:
+        raise BridgeLoadError(
+            f"{path} holds weights in a format other than safetensors ({', '.join(unsafe)}). bgm-bridge loads "
+            "safetensors only, because the pickle formats can run code when loaded; remove those files."
+        )
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        index_data = _read_json(index)
+        weight_map = index_data.get("weight_map") if isinstance(index_data, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise BridgeLoadError(f"{index} has no 'weight_map'.")
+        names = sorted(set(map(str, weight_map.values())))
+        bad = [n for n in names if not n.endswith(".safetensors") or Path(n).name != n]
+        if bad:
+            raise BridgeLoadError(f"{index} names weight files that are not safetensors in {path}: {bad}")
+        files = [path / n for n in names]
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    else:
+        others = sorted(p.name for p in path.glob("*.pt"))
+        hint = f" (found {', '.join(others)}: bgm-bridge loads safetensors only)" if others else ""
+        raise BridgeLoadError(f"{path} has no model.safetensors{hint}.")
+    from safetensors import SafetensorError, safe_open
+
+    for file in files:
+        if not file.is_file():
+            raise BridgeLoadError(f"{file} is missing (named in {index.name}).")
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise BridgeLoadError(f"{file} is not a complete safetensors file ({e}); it is damaged or truncated.") from e
+    return files
+
+
+def _check_loading_info(name: str, info: dict[str, Any]) -> None:
+    """A bridge must load every tensor it had: a missing one would be randomly initialised, silently."""
+    problems = []
+    if info.get("missing_keys"):
+        problems.append(f"missing tensors {sorted(info['missing_keys'])}")
+    if info.get("unexpected_keys"):
+        problems.append(f"unexpected tensors {sorted(info['unexpected_keys'])}")
+    for key, saved_shape, model_shape in sorted(info.get("mismatched_keys") or (), key=lambda m: m[0]):
+        problems.append(f"tensor {key!r} has shape {list(saved_shape)} in the checkpoint, the model needs {list(model_shape)}")
+    if info.get("error_msgs"):
+        problems.extend(str(m) for m in info["error_msgs"])
+    if problems:
+        raise BridgeLoadError(
+            f"The bridge {name!r} does not match its config: {'; '.join(problems)}. The checkpoint is damaged "
+            "or was changed; save it again with save_pretrained()."
+        )
+
+
 def _checked_source(name_or_path: str | Path) -> str:
+    """A local bridge folder checked before transformers reads any of it, or a hub id."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
             raise BridgeLoadError(f"{path} is a file; a bridge is a directory saved by save_pretrained().")
         if not (path / "config.json").is_file():
             raise BridgeLoadError(f"{path} has no config.json; is it a directory saved by save_pretrained()?")
-        if not any((path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
-            others = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
-            hint = f" (found {', '.join(others)}: bgm-bridge loads safetensors only)" if others else ""
-            raise BridgeLoadError(f"{path} has no model.safetensors{hint}.")
+        for config_file in ("config.json", "tokenizer_config.json"):
+            if (path / config_file).is_file() and _has_auto_map(_read_json(path / config_file)):
+                raise BridgeLoadError(_AUTO_MAP_REFUSED.format(name=str(path)) + f" ({config_file})")
+        _checked_weights(path)
         return str(path)
     name = str(name_or_path)
     if not _HUB_ID.match(name) or name.startswith((".", "~")):

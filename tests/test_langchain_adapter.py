@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
+from collections.abc import Sequence
 
 import pytest
 from langchain_classic.retrievers import ContextualCompressionRetriever
@@ -18,6 +20,7 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from pydantic import ValidationError
 
 from bgm_integrations.langchain import BGMDocumentCompressor
+from bgm_model import BridgeModel
 from tests._helpers import FixedBridge, fit_bridge_to, make_tiny_bridge
 
 TEXTS = [
@@ -53,7 +56,7 @@ def test_compression_retriever_returns_copies_in_bridge_order(vector_retriever) 
     assert [d.metadata["relevance_score"] for d in docs] == [0.9, 0.6, 0.4]
     assert docs[0].metadata["source"] == retrieved[2].metadata["source"]  # metadata kept
     assert docs[0] is not docs[2]
-    docs[0].metadata["nested"]["k"] = -1  # copies are deep: the retriever's documents are untouched
+    docs[0].metadata["source"] = "changed"  # each copy owns its metadata dict: the retriever's documents are untouched
     assert vector_retriever.invoke(QUERY) == snapshot
 
 
@@ -125,3 +128,58 @@ def test_configuration_errors() -> None:
         BGMDocumentCompressor(bridge=FixedBridge([0]), top_k=3)  # extra fields are forbidden
     with pytest.raises(TypeError, match="query must be a str"):
         BGMDocumentCompressor(bridge=make_tiny_bridge()).compress_documents([Document(page_content="a")], 123)  # type: ignore[arg-type]
+
+
+def _undeepcopyable_docs(lock: threading.Lock) -> list[Document]:
+    # Neither a lock nor a generator survives copy.deepcopy; both are plausible metadata (clients, streams).
+    return [
+        Document(page_content=TEXTS[0], metadata={"lock": lock, "source": "a"}),
+        Document(page_content=TEXTS[1], metadata={"rows": (r for r in range(3)), "source": "b"}),
+    ]
+
+
+def _assert_copies_share_values(docs: list[Document], out: Sequence[Document], lock: threading.Lock) -> None:
+    """``out`` holds the caller's metadata values (identity) in dicts of its own; the caller's are untouched."""
+    rows = docs[1].metadata["rows"]
+    for d in out:
+        source = docs[TEXTS.index(d.page_content)]
+        assert d.metadata is not source.metadata
+        assert all(d.metadata[k] is v for k, v in source.metadata.items())  # the same lock, the same generator
+    assert len({id(d) for d in out}) == len({id(d.metadata) for d in out}) == len(out)
+    assert docs[0].metadata == {"lock": lock, "source": "a"}  # no bgm keys added to the caller's documents
+    assert docs[1].metadata == {"rows": rows, "source": "b"}
+
+
+@pytest.mark.parametrize("on_error", ["raise", "passthrough"])
+async def test_undeepcopyable_metadata_and_a_repeated_passage(on_error: str) -> None:
+    lock = threading.Lock()
+    docs = _undeepcopyable_docs(lock)
+    compressor = BGMDocumentCompressor(bridge=FixedBridge([1, 1, 0], [0.7, 0.2, 0.1]), on_error=on_error)
+    for out in (compressor.compress_documents(docs, QUERY), await compressor.acompress_documents(docs, QUERY)):
+        assert [d.metadata["bgm_source_index"] for d in out] == [1, 1, 0]
+        assert out[2].metadata["lock"] is lock
+        _assert_copies_share_values(docs, out, lock)
+        # The two copies of the repeated passage are independent of each other and of the caller.
+        out[0].metadata["source"] = "changed"
+        out[0].metadata["bgm_rank"] = 99
+        assert out[1].metadata["source"] == "b" and out[1].metadata["bgm_rank"] == 1
+        assert docs[1].metadata["source"] == "b"
+
+
+async def test_undeepcopyable_metadata_with_the_real_bridge(tiny_bridge: BridgeModel, monkeypatch) -> None:
+    lock = threading.Lock()
+    docs = _undeepcopyable_docs(lock)
+    out = BGMDocumentCompressor(bridge=tiny_bridge).compress_documents(docs, QUERY)
+    assert all("bgm_rank" in d.metadata for d in out)
+    _assert_copies_share_values(docs, out, lock)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("model exploded")
+
+    # The passthrough fallback copies the documents too, and must not raise while doing so.
+    monkeypatch.setattr(tiny_bridge, "_generate", broken)
+    compressor = BGMDocumentCompressor(bridge=tiny_bridge, on_error="passthrough")
+    for out in (compressor.compress_documents(docs, QUERY), await compressor.acompress_documents(docs, QUERY)):
+        assert [d.page_content for d in out] == TEXTS[:2]
+        assert all("bgm_rank" not in d.metadata for d in out)
+        _assert_copies_share_values(docs, out, lock)

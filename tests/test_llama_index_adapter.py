@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from langchain_core.documents import Document as LCDocument
 from llama_index.core import Document, VectorStoreIndex
@@ -11,10 +13,18 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.llms import MockLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import (
+    MetadataMode,
+    NodeRelationship,
+    NodeWithScore,
+    QueryBundle,
+    RelatedNodeInfo,
+    TextNode,
+)
 
 from bgm_integrations.langchain import BGMDocumentCompressor
 from bgm_integrations.llama_index import BGMNodePostprocessor
+from bgm_model import BridgeModel
 from tests._helpers import FixedBridge, fit_bridge_to, make_tiny_bridge
 
 TEXTS = [
@@ -117,3 +127,75 @@ def test_both_adapters_make_the_same_selection() -> None:
     lc2 = BGMDocumentCompressor(bridge=other).compress_documents([LCDocument(page_content=t) for t in TEXTS], QUERY)
     li2 = BGMNodePostprocessor(bridge=other).postprocess_nodes(_nodes(), query_str=QUERY)
     assert [d.metadata["bgm_source_index"] for d in lc2] == [n.node.metadata["bgm_source_index"] for n in li2]
+
+
+def _undeepcopyable_nodes(lock: threading.Lock) -> list[NodeWithScore]:
+    # Neither a lock nor a generator survives model_copy(deep=True); both are plausible metadata.
+    first = TextNode(
+        text=TEXTS[0], metadata={"lock": lock, "source": "a"}, excluded_llm_metadata_keys=["lock"],
+        relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id="doc-a")},
+    )
+    second = TextNode(text=TEXTS[1], metadata={"rows": (r for r in range(3)), "source": "b"})
+    return [NodeWithScore(node=first, score=0.9), NodeWithScore(node=second, score=0.8)]
+
+
+def _assert_copies_share_values(nodes: list[NodeWithScore], out: list[NodeWithScore]) -> None:
+    """``out`` holds the caller's metadata values (identity) in containers of its own."""
+    for n in out:
+        source = nodes[TEXTS.index(n.node.get_content(metadata_mode=MetadataMode.NONE))].node
+        assert n.node is not source
+        assert all(n.node.metadata[k] is v for k, v in source.metadata.items())  # the same lock, generator
+        for name in ("metadata", "excluded_llm_metadata_keys", "excluded_embed_metadata_keys", "relationships"):
+            assert getattr(n.node, name) is not getattr(source, name)
+    assert len({id(n.node) for n in out}) == len({id(n.node.metadata) for n in out}) == len(out)
+
+
+def _snapshot(nodes: list[NodeWithScore]) -> list[tuple]:
+    # Built by hand: model_dump would deep-copy the lock too.
+    return [
+        (dict(n.node.metadata), list(n.node.excluded_llm_metadata_keys), list(n.node.excluded_embed_metadata_keys),
+         dict(n.node.relationships), n.score)
+        for n in nodes
+    ]
+
+
+@pytest.mark.parametrize("on_error", ["raise", "passthrough"])
+async def test_undeepcopyable_metadata_and_a_repeated_passage(on_error: str) -> None:
+    lock = threading.Lock()
+    nodes = _undeepcopyable_nodes(lock)
+    before = _snapshot(nodes)
+    post = BGMNodePostprocessor(bridge=FixedBridge([1, 1, 0], [0.7, 0.2, 0.1]), on_error=on_error)
+    for out in (post.postprocess_nodes(nodes, query_str=QUERY), await post.apostprocess_nodes(nodes, query_str=QUERY)):
+        assert [n.node.metadata["bgm_source_index"] for n in out] == [1, 1, 0]
+        assert out[2].node.metadata["lock"] is lock
+        assert out[2].node.relationships[NodeRelationship.SOURCE].node_id == "doc-a"
+        _assert_copies_share_values(nodes, out)
+        assert _snapshot(nodes) == before  # no bgm keys in the caller's metadata or exclusion lists
+        # The two copies of the repeated passage are independent of each other and of the caller.
+        out[0].node.metadata["source"] = "changed"
+        out[0].node.excluded_llm_metadata_keys.append("source")
+        assert out[1].node.metadata["source"] == "b" and "source" not in out[1].node.excluded_llm_metadata_keys
+        assert _snapshot(nodes) == before
+
+
+async def test_undeepcopyable_metadata_with_the_real_bridge(tiny_bridge: BridgeModel, monkeypatch) -> None:
+    lock = threading.Lock()
+    nodes = _undeepcopyable_nodes(lock)
+    before = _snapshot(nodes)
+    out = BGMNodePostprocessor(bridge=tiny_bridge).postprocess_nodes(nodes, query_str=QUERY)
+    assert all("bgm_rank" in n.node.metadata for n in out)
+    _assert_copies_share_values(nodes, out)
+    assert _snapshot(nodes) == before
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("model exploded")
+
+    # The passthrough fallback copies the nodes too, and must not raise while doing so.
+    monkeypatch.setattr(tiny_bridge, "_generate", broken)
+    post = BGMNodePostprocessor(bridge=tiny_bridge, on_error="passthrough")
+    for out in (post.postprocess_nodes(nodes, query_str=QUERY), await post.apostprocess_nodes(nodes, query_str=QUERY)):
+        assert [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in out] == TEXTS[:2]
+        assert [n.score for n in out] == [0.9, 0.8]
+        assert all("bgm_rank" not in n.node.metadata for n in out)
+        _assert_copies_share_values(nodes, out)
+        assert _snapshot(nodes) == before

@@ -295,3 +295,112 @@ def test_relevance_prior_trains_and_round_trips(tmp_path) -> None:
     assert loaded.bridge("who wrote hamlet?", PASSAGES).ids == [3, 1]
     with pytest.raises(ValueError, match="relevance_prior"):
         BridgeConfig(relevance_prior=-1.0)
+
+
+# ------------------------------------------------------------------------------------------ broken models and bad input
+def _nan_bridge() -> BridgeModel:
+    """A bridge with one corrupted weight: every decoder logit becomes NaN."""
+    bridge = make_tiny_bridge()
+    with torch.no_grad():
+        bridge.model.decoder.cls.predictions.bias.fill_(float("nan"))
+    return bridge
+
+
+def test_nan_scores_raise_instead_of_answering_passage_zero() -> None:
+    """Reproducer: NaN logits decoded to [0, 0, 0, 0] with NaN scores and fallback=False."""
+    with pytest.raises(bgm_model.BridgeError, match="non-finite scores"):
+        _nan_bridge().bridge("q", PASSAGES)
+
+
+def test_nan_scores_with_passthrough_return_the_input_unchanged_and_logged(caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        result = _nan_bridge().bridge("q", PASSAGES, on_error="passthrough")
+    assert result.fallback and result.ids == [0, 1, 2, 3]
+    assert "non-finite scores" in caplog.text
+
+
+def test_nan_scores_reach_the_langchain_chain_as_the_input_documents() -> None:
+    from langchain_core.documents import Document
+
+    from bgm_integrations.langchain import BGMDocumentCompressor
+
+    docs = [Document(page_content=p) for p in PASSAGES]
+    out = BGMDocumentCompressor(bridge=_nan_bridge(), on_error="passthrough").compress_documents(docs, "q")
+    assert [d.page_content for d in out] == PASSAGES, "not five copies of the first document"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("max_passages", 2.5, TypeError), ("max_passages", "8", TypeError), ("max_repeats", True, TypeError),
+        ("max_output_length", None, TypeError), ("encoder_batch_size", 0, ValueError),
+        ("relevance_prior", float("inf"), ValueError), ("relevance_prior", float("nan"), ValueError),
+        ("relevance_prior", True, TypeError), ("relevance_prior", "1", TypeError),
+        ("pointer_scoring", 1, TypeError), ("overflow", 1, TypeError), ("id_token_format", "[P{}{}]", ValueError),
+        ("id_token_format", None, TypeError),
+    ],  # fmt: skip
+)
+def test_every_bridge_config_field_is_type_and_range_checked(field: str, value, error: type) -> None:
+    with pytest.raises(error, match=f"BridgeConfig.{field}"):
+        BridgeConfig(**{field: value})
+
+
+def test_bridge_config_checks_cover_every_field() -> None:
+    from bgm_model.config import _BOOL_FIELDS, _INT_FIELDS
+
+    checked = {*_INT_FIELDS, *_BOOL_FIELDS, "overflow", "id_token_format", "relevance_prior"}
+    assert checked == {f.name for f in dataclasses.fields(BridgeConfig)}, "a new field needs its type check"
+
+
+@pytest.mark.parametrize("where", ["query", "passage"])
+def test_a_lone_surrogate_is_a_value_error_naming_the_argument(tiny_bridge: BridgeModel, where: str) -> None:
+    query, passages = ("bad \ud800 query", PASSAGES) if where == "query" else ("q", ["ok", "bad \udfff text"])
+    name = "query" if where == "query" else r"passages\[1\]"
+    with pytest.raises(ValueError, match=f"{name} is not valid Unicode text: a lone surrogate"):
+        tiny_bridge.bridge(query, passages)
+
+
+def test_sampling_and_batching_arguments_are_checked_by_name(tiny_bridge: BridgeModel) -> None:
+    for temperature in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+            tiny_bridge.sample(["q"], [PASSAGES], temperature=temperature)
+    with pytest.raises(TypeError, match="num_samples must be an int, got 1.5"):
+        tiny_bridge.sample(["q"], [PASSAGES], num_samples=1.5)  # type: ignore[arg-type]
+    for batch_size in (1.5, "16", True):
+        with pytest.raises(TypeError, match="batch_size must be an int"):
+            tiny_bridge.bridge_batch(["q"], [PASSAGES], batch_size=batch_size)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="queries must be a sequence .* got generator"):
+        tiny_bridge.bridge_batch((q for q in ["q"]), [PASSAGES])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="passages_per_query must be a sequence .* got NoneType"):
+        tiny_bridge.bridge_batch(["q"], None)  # type: ignore[arg-type]
+
+
+def test_typed_bert_special_tokens_are_neutralised_like_id_tokens(tiny_bridge: BridgeModel) -> None:
+    tok = tiny_bridge.tokenizer
+    text = "a [SEP] b [CLS] c [MASK] d [PAD] e [UNK] f [P3]"
+    specials = {tok.sep_token_id, tok.cls_token_id, tok.mask_token_id, tok.pad_token_id, tok.unk_token_id}
+    assert set(tok(text, add_special_tokens=False).input_ids) & specials, "the raw text does hit them"
+    cleaned = tiny_bridge._clean(text, 100)
+    ids = tok(cleaned, add_special_tokens=False).input_ids
+    assert not set(ids) & (specials | set(tiny_bridge._action_token_ids.tolist()))
+
+
+def test_many_id_tokens_are_added_with_one_vocabulary_lookup(monkeypatch) -> None:
+    """max_passages=1024 took 21 s: the vocabulary was rebuilt once per ID token."""
+    from transformers import AutoTokenizer
+
+    from bgm_model.backbones import minilm_path
+
+    tokenizer_class = type(AutoTokenizer.from_pretrained(minilm_path()))
+    calls = {"get_vocab": 0}
+    for name in calls:
+        original = getattr(tokenizer_class, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(tokenizer_class, name, counted)
+    bridge = make_tiny_bridge(BridgeConfig(max_passages=1024, max_query_tokens=16, max_passage_tokens=32))
+    assert len(bridge.config.id_tokens) == 1024
+    assert calls == {"get_vocab": 1}  # was 1,025

@@ -6,7 +6,6 @@ copies of the documents in bridge order (a repeated passage appears again).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -31,7 +30,8 @@ class BGMDocumentCompressor(BaseDocumentCompressor):
     """Selects, reorders and repeats retrieved documents with a BGM bridge model.
 
     Use it as ``base_compressor`` of a ``ContextualCompressionRetriever`` or inside a
-    ``DocumentCompressorPipeline``. Returned documents are copies: ``metadata`` is kept, and
+    ``DocumentCompressorPipeline``. Returned documents are copies, each with its own ``metadata`` dict
+    (shallow: the values are the caller's objects); the metadata is kept, and
     ``bgm_rank`` (position in the bridge output), ``bgm_source_index`` (position in the input) and
     ``relevance_score`` (the bridge's probability for that choice) are added.
     """
@@ -80,13 +80,15 @@ def _event_data(result: BridgeResult) -> dict[str, Any]:
 
 
 def _documents_in_bridge_order(docs: list[Document], result: BridgeResult) -> list[Document]:
+    # Metadata is copied shallowly (a new dict, the same values), as LangChain's own compressors do: a value
+    # may not be deep-copyable (a lock, a client, a generator). Each returned document gets its own dict.
     if result.fallback:
-        return [copy.deepcopy(d) for d in docs]
+        return [d.model_copy(update={"metadata": dict(d.metadata)}) for d in docs]
     out = []
     for rank, (index, score) in enumerate(zip(result.ids, result.scores)):
         source = docs[index]
         metadata = {
-            **copy.deepcopy(source.metadata),
+            **source.metadata,
             RANK_KEY: rank,
             SOURCE_INDEX_KEY: index,
             SCORE_KEY: score,

@@ -13,7 +13,7 @@ from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
 from bgm_model.outputs import BridgeResult
 from bgm_model.protocols import SupportsBridge
@@ -31,7 +31,8 @@ class BGMNodePostprocessor(BaseNodePostprocessor):
     """Selects, reorders and repeats retrieved nodes with a BGM bridge model.
 
     ``index.as_query_engine(node_postprocessors=[BGMNodePostprocessor(bridge=bridge)])``. Each returned node
-    is a copy whose ``score`` is the bridge's probability for that choice; ``bgm_rank`` and
+    is a shallow copy (its own metadata dict, the values shared with the caller's node) whose ``score`` is
+    the bridge's probability for that choice; ``bgm_rank`` and
     ``bgm_source_index`` are added to its metadata but hidden from the LLM and embedding text.
     """
 
@@ -92,12 +93,29 @@ class BGMNodePostprocessor(BaseNodePostprocessor):
         return new_nodes
 
 
+def _copy_node(node: BaseNode) -> BaseNode:
+    """A shallow copy of ``node`` with its own metadata dict, exclusion lists and relationships dict.
+
+    Not ``model_copy(deep=True)``: a metadata value may not be deep-copyable (a lock, a client, a generator).
+    Owning the containers is what keeps the caller's node free of the keys added here, and keeps two copies
+    of a repeated passage independent.
+    """
+    return node.model_copy(
+        update={
+            "metadata": dict(node.metadata),
+            "excluded_llm_metadata_keys": list(node.excluded_llm_metadata_keys),
+            "excluded_embed_metadata_keys": list(node.excluded_embed_metadata_keys),
+            "relationships": dict(node.relationships),
+        }
+    )
+
+
 def _nodes_in_bridge_order(nodes: list[NodeWithScore], result: BridgeResult) -> list[NodeWithScore]:
     if result.fallback:
-        return [NodeWithScore(node=n.node.model_copy(deep=True), score=n.score) for n in nodes]
+        return [NodeWithScore(node=_copy_node(n.node), score=n.score) for n in nodes]
     out = []
     for rank, (index, score) in enumerate(zip(result.ids, result.scores)):
-        node = nodes[index].node.model_copy(deep=True)
+        node = _copy_node(nodes[index].node)
         node.metadata[RANK_KEY] = rank
         node.metadata[SOURCE_INDEX_KEY] = index
         # Bookkeeping keys must not leak into what the LLM reads or what gets embedded.

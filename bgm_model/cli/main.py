@@ -8,6 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from bgm_model.errors import BridgeError
+
 # Each module defines ``register(subparsers)`` and sets ``func`` on its parsers.
 _COMMAND_MODULES: tuple[str, ...] = ("synthesize", "traces", "evaluate", "train", "demo")
 
@@ -33,7 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BridgeError as e:
+        # Errors with a message written for the user: one clear line, not a traceback.
+        logging.getLogger("bgm").debug("details", exc_info=True)
+        print(f"bgm {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from bgm_model.readers.cache import CallCache, call_key, resolve_cache
+from bgm_model.validation import check_unicode
 
 logger = logging.getLogger(__name__)
 
@@ -125,15 +126,18 @@ def _check_inputs(
     for i, (q, ps) in enumerate(zip(questions, passage_lists, strict=True)):
         if not isinstance(q, str):
             raise TypeError(f"questions[{i}] must be a str, got {type(q).__name__}")
+        check_unicode(q, f"questions[{i}]")
         if isinstance(ps, str) or not isinstance(ps, Sequence):
             raise TypeError(f"passage_lists[{i}] must be a list of passage strings, got {type(ps).__name__}")
         for j, p in enumerate(ps):
             if not isinstance(p, str):
                 raise TypeError(f"passage_lists[{i}][{j}] must be a str, got {type(p).__name__}")
+            check_unicode(p, f"passage_lists[{i}][{j}]")
     if answers is not None:
         for i, a in enumerate(answers):
             if not isinstance(a, str):
                 raise TypeError(f"answers[{i}] must be a str, got {type(a).__name__}")
+            check_unicode(a, f"answers[{i}]")
             if not a.strip():
                 raise ValueError(f"answers[{i}] is empty: an empty answer has no log-likelihood to score")
 

@@ -146,7 +146,7 @@ class CT2Reader(TokenizerPrompts):
         meta = read_metadata(folder)
         if meta is None:
             raise FileNotFoundError(f"{folder} holds no model converted by convert_smollm2 ({METADATA_FILE})")
-        tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR), trust_remote_code=False)
         kwargs.setdefault("name", meta.get("source") and f"ct2:{meta['source']}")
         kwargs.setdefault("stop_ids", meta.get("stop_ids"))
         kwargs.setdefault("max_positions", meta.get("max_positions"))

@@ -69,6 +69,8 @@ def read_feedback(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise TraceFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            except (RecursionError, ValueError) as e:  # nested past the recursion limit, a huge integer
+                raise TraceFormatError(f"{path}:{lineno}: cannot decode the JSON ({type(e).__name__})") from None
             if not isinstance(row, dict) or not (row.get("trace_id") or row.get("query")):
                 raise TraceFormatError(f"{path}:{lineno}: a feedback row needs a 'trace_id' or a 'query'")
             rows.append((lineno, row))
@@ -180,7 +182,8 @@ def attach_feedback(
                         record = TraceRecord.from_dict(json.loads(raw))
                     except TraceSchemaVersionError as e:
                         raise TraceSchemaVersionError(f"{src}:{lineno}: {e}") from None
-                    except (json.JSONDecodeError, UnicodeDecodeError, TraceFormatError) as e:
+                    except (RecursionError, ValueError, TraceFormatError) as e:
+                        # ValueError covers bad JSON and bad UTF-8 too; such a line is kept as it was.
                         logger.warning("%s:%d: not a valid record (%s); copied unchanged", src, lineno, e)
                         stats.copied_lines += 1
                         out.write(raw if raw.endswith(b"\n") else raw + b"\n")

@@ -27,6 +27,22 @@ class ReadStats:
         return len(self.truncated_lines)
 
 
+class _Truncated(Exception):
+    """A line that is not complete JSON: an interrupted write."""
+
+
+def _parse(raw: bytes) -> TraceRecord:
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _Truncated from None
+    except (RecursionError, ValueError) as e:
+        # Complete JSON that Python cannot decode, not an interrupted write: "[[[[...]]]]" past the recursion
+        # limit, an integer past the digit limit. An invalid record, so it can be skipped like one.
+        raise TraceFormatError(f"cannot decode the JSON ({type(e).__name__}: {e})") from None
+    return TraceRecord.from_dict(data)
+
+
 def iter_traces(
     path: str | os.PathLike[str],
     *,
@@ -40,8 +56,11 @@ def iter_traces(
       ``stats.truncated_lines``.
     * A record with an unknown ``schema_version`` raises :class:`TraceSchemaVersionError` naming the file
       and line, always: reading it as another version could silently misread it.
-    * A record that misses required fields raises :class:`TraceFormatError` naming the file and line, or
-      with ``skip_invalid=True`` is skipped, logged and listed in ``stats.invalid_lines``.
+    * A record that misses required fields or has a field of the wrong type (``"passages": 5``,
+      ``"schema_version": "1"``), and a line that is complete JSON but cannot be decoded (nested too deeply,
+      an integer too long), raise :class:`TraceFormatError` naming the file and line, or with
+      ``skip_invalid=True`` are skipped, logged and listed in ``stats.invalid_lines``: one bad line never
+      stops the rest of the file from being read.
     """
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
@@ -50,14 +69,12 @@ def iter_traces(
             if not raw.strip():
                 continue
             try:
-                data = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                record = _parse(raw)
+            except _Truncated:
                 where = "last line" if not raw.endswith(b"\n") else "line"
                 logger.warning("%s:%d: skipping a truncated %s (%d bytes)", path, lineno, where, len(raw))
                 stats.truncated_lines.append(lineno)
                 continue
-            try:
-                record = TraceRecord.from_dict(data)
             except TraceSchemaVersionError as e:
                 raise TraceSchemaVersionError(f"{path}:{lineno}: {e}") from None
             except TraceFormatError as e:

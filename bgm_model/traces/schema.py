@@ -11,6 +11,7 @@ Passage fields use the OpenInference document names in JSON (``document.id``, ``
 from __future__ import annotations
 
 import math
+import numbers
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,13 +73,47 @@ def _json_safe(value: Any) -> Any:
 
 
 def _opt_float(value: Any) -> float | None:
+    """A finite float, or ``None`` for a missing, non-numeric or non-finite (NaN, inf) score."""
     if value is None:
         return None
     try:
         f = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return f if math.isfinite(f) else None
+
+
+def _opt_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
+    """A text field that may be absent or null; any other type is a format error (not passed through)."""
+    value = data.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise TraceFormatError(f"{where}{key!r} must be a string or null, got {type(value).__name__}")
+
+
+def _list(data: Mapping[str, Any], key: str, where: str = "") -> list[Any]:
+    """A list field that may be absent or null; a string or object here would be iterated silently."""
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TraceFormatError(f"{where}{key!r} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _dict(data: Mapping[str, Any], key: str, where: str = "") -> dict[str, Any]:
+    """A metadata object that may be absent or null (``dict()`` of a list of pairs would pass silently)."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TraceFormatError(f"{where}{key!r} must be an object, got {type(value).__name__}")
+    return dict(value)
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass; ``true`` is not a version or an index.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass
@@ -87,6 +122,8 @@ class TracePassage:
 
     id: str | None
     content: str
+    #: The retriever's score. Written as JSON ``null`` (score unknown) when it is not a finite number
+    #: (NaN, inf): JSON has no NaN, and a record must not be lost for its score.
     score: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -94,12 +131,14 @@ class TracePassage:
         return {
             DOC_ID: self.id,
             DOC_CONTENT: self.content,
-            DOC_SCORE: self.score,
+            DOC_SCORE: _opt_float(self.score),
             DOC_METADATA: _json_safe(self.metadata),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TracePassage:
+        if not isinstance(data, Mapping):
+            raise TraceFormatError(f"a passage must be a JSON object, got {type(data).__name__}")
         if DOC_CONTENT not in data:
             raise TraceFormatError(f"passage misses {DOC_CONTENT!r}")
         pid = data.get(DOC_ID)
@@ -107,7 +146,7 @@ class TracePassage:
             id=None if pid is None else str(pid),
             content=str(data[DOC_CONTENT]),
             score=_opt_float(data.get(DOC_SCORE)),
-            metadata=dict(data.get(DOC_METADATA) or {}),
+            metadata=_dict(data, DOC_METADATA, "passage "),
         )
 
 
@@ -115,7 +154,8 @@ class TracePassage:
 class BridgeTrace:
     """What the bridge output: passage ids in bridge order and their indices into ``TraceRecord.passages``.
 
-    A repeated passage appears again (the bridge may repeat). ``scores`` are the bridge's scores when known.
+    A repeated passage appears again (the bridge may repeat). ``scores`` are the bridge's scores when known;
+    a score that is not a finite number (NaN, inf) is written as JSON ``null`` (unknown).
     """
 
     ids: list[str | None]
@@ -126,20 +166,27 @@ class BridgeTrace:
     def to_dict(self) -> dict[str, Any]:
         return {
             "ids": list(self.ids),
-            "source_indices": list(self.source_indices),
-            "scores": list(self.scores),
+            # int(): numpy / torch integers are valid indices but not JSON-serialisable.
+            "source_indices": [int(i) for i in self.source_indices],
+            "scores": [_opt_float(s) for s in self.scores],
             "model": self.model,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BridgeTrace:
+        if not isinstance(data, Mapping):
+            raise TraceFormatError(f"'bridge' must be a JSON object, got {type(data).__name__}")
         if "source_indices" not in data:
             raise TraceFormatError("bridge misses 'source_indices'")
+        indices = _list(data, "source_indices", "bridge ")
+        if not all(_is_int(i) for i in indices):
+            # int() would quietly turn 1.7 into 1 and true into 1: a different passage.
+            raise TraceFormatError(f"bridge 'source_indices' must be integers, got {indices!r:.80}")
         return cls(
-            ids=[None if i is None else str(i) for i in data.get("ids") or []],
-            source_indices=[int(i) for i in data["source_indices"]],
-            scores=[_opt_float(s) for s in data.get("scores") or []],
-            model=data.get("model"),
+            ids=[None if i is None else str(i) for i in _list(data, "ids", "bridge ")],
+            source_indices=indices,
+            scores=[_opt_float(s) for s in _list(data, "scores", "bridge ")],
+            model=_opt_str(data, "model", "bridge "),
         )
 
 
@@ -153,6 +200,8 @@ class ChatMessage:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChatMessage:
+        if not isinstance(data, Mapping):
+            raise TraceFormatError(f"a chat message must be a JSON object, got {type(data).__name__}")
         return cls(role=str(data.get("role", "user")), content=str(data.get("content", "")))
 
 
@@ -179,11 +228,13 @@ class LLMCall:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LLMCall:
+        if not isinstance(data, Mapping):
+            raise TraceFormatError(f"'llm' must be a JSON object, got {type(data).__name__}")
         return cls(
-            messages=[ChatMessage.from_dict(m) for m in data.get("messages") or []],
-            prompt=data.get("prompt"),
-            answer=data.get("answer"),
-            model=data.get("model"),
+            messages=[ChatMessage.from_dict(m) for m in _list(data, "messages", "llm ")],
+            prompt=_opt_str(data, "prompt", "llm "),
+            answer=_opt_str(data, "answer", "llm "),
+            model=_opt_str(data, "model", "llm "),
         )
 
 
@@ -191,6 +242,7 @@ class LLMCall:
 class Feedback:
     """Feedback on the answer: a ``score`` (e.g. 0/1 or a rating), a ``label`` and/or a free ``comment``."""
 
+    #: Written as JSON ``null`` (unknown) when it is not a finite number (NaN, inf).
     score: float | None = None
     label: str | None = None
     comment: str | None = None
@@ -199,7 +251,7 @@ class Feedback:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "score": self.score,
+            "score": _opt_float(self.score),
             "label": self.label,
             "comment": self.comment,
             "source": self.source,
@@ -208,13 +260,15 @@ class Feedback:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Feedback:
+        if not isinstance(data, Mapping):
+            raise TraceFormatError(f"feedback must be a JSON object, got {type(data).__name__}")
         label = data.get("label")
         return cls(
             score=_opt_float(data.get("score")),
             label=None if label is None else str(label),
-            comment=data.get("comment"),
-            source=data.get("source"),
-            timestamp=data.get("timestamp"),
+            comment=_opt_str(data, "comment", "feedback "),
+            source=_opt_str(data, "source", "feedback "),
+            timestamp=_opt_str(data, "timestamp", "feedback "),
         )
 
 
@@ -249,12 +303,20 @@ class TraceRecord:
         """Raise :class:`TraceFormatError` if the record is inconsistent."""
         if not isinstance(self.query, str):
             raise TraceFormatError(f"query must be a string, got {type(self.query).__name__}")
+        if not _is_int(self.schema_version):
+            raise TraceFormatError(
+                f"schema version must be an integer, got {type(self.schema_version).__name__}"
+            )
         if self.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
             raise TraceSchemaVersionError(
                 f"schema version {self.schema_version!r} is not supported "
                 f"(this bgm-bridge reads {sorted(SUPPORTED_SCHEMA_VERSIONS)})"
             )
         if self.bridge is not None:
+            if not all(_is_int(i) for i in self.bridge.source_indices):
+                raise TraceFormatError(
+                    f"bridge source indices must be integers, got {self.bridge.source_indices!r:.80}"
+                )
             bad = [i for i in self.bridge.source_indices if not 0 <= i < len(self.passages)]
             if bad:
                 raise TraceFormatError(
@@ -278,13 +340,21 @@ class TraceRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TraceRecord:
-        """Build a record from its JSON form; raise :class:`TraceFormatError` naming what is wrong."""
+        """Build a record from its JSON form; raise :class:`TraceFormatError` naming what is wrong.
+
+        A field of the wrong type (``"passages": 5``, ``"schema_version": "1"``, ``"gold_answers": "x"``)
+        is a :class:`TraceFormatError` too, never a ``TypeError``; only an unknown *integer* schema
+        version raises :class:`TraceSchemaVersionError`.
+        """
         if not isinstance(data, Mapping):
             raise TraceFormatError(f"a record must be a JSON object, got {type(data).__name__}")
         missing = [k for k in REQUIRED_FIELDS if k not in data]
         if missing:
             raise TraceFormatError(f"missing required field(s): {', '.join(missing)}")
         version = data["schema_version"]
+        if not _is_int(version):
+            # A string, float, bool or list is a broken record, not a newer version: skippable.
+            raise TraceFormatError(f"schema_version must be an integer, got {version!r:.40}")
         if version not in SUPPORTED_SCHEMA_VERSIONS:
             raise TraceSchemaVersionError(
                 f"schema version {version!r} is not supported (this bgm-bridge reads "
@@ -302,11 +372,11 @@ class TraceRecord:
                 passages=[TracePassage.from_dict(p) for p in data["passages"]],
                 bridge=None if data.get("bridge") is None else BridgeTrace.from_dict(data["bridge"]),
                 llm=None if data.get("llm") is None else LLMCall.from_dict(data["llm"]),
-                gold_answers=[str(a) for a in data.get("gold_answers") or []],
-                feedback=[Feedback.from_dict(f) for f in data.get("feedback") or []],
-                metadata=dict(data.get("metadata") or {}),
+                gold_answers=[str(a) for a in _list(data, "gold_answers")],
+                feedback=[Feedback.from_dict(f) for f in _list(data, "feedback")],
+                metadata=_dict(data, "metadata"),
             )
-        except (TypeError, ValueError, AttributeError) as e:
+        except (TypeError, ValueError, AttributeError, RecursionError) as e:
             if isinstance(e, TraceFormatError):
                 raise
             raise TraceFormatError(f"malformed record: {e}") from e

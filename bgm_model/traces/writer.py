@@ -11,7 +11,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .schema import TraceRecord
+from .schema import TraceFormatError, TraceRecord
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +26,38 @@ def lock_path_for(path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".lock")
 
 
+def _replace_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD (a valid high/low pair becomes its character)."""
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
 def encode_record(record: TraceRecord) -> bytes:
-    """One complete JSONL line (ending in a newline) for a record."""
+    """One complete JSONL line (ending in a newline) for a record.
+
+    Text that cannot be UTF-8 (a lone surrogate such as ``"\\ud800"``, e.g. from bytes decoded with
+    ``surrogateescape`` or a broken UTF-16 source) is written with each lone surrogate replaced by U+FFFD,
+    in any string of the record (query, passages, answer, metadata keys and values), and one warning
+    naming the trace id is logged: the record is kept rather than lost. The record itself is not changed.
+
+    Raises :class:`TraceFormatError` if the record is invalid or cannot be serialised at all (e.g. a
+    non-JSON object outside ``metadata``, or nesting too deep / circular).
+    """
     record.validate()
-    # ensure_ascii=False keeps non-English text readable; json escapes embedded newlines, so one line.
-    return (json.dumps(record.to_dict(), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    try:
+        # ensure_ascii=False keeps non-English text readable; json escapes embedded newlines, so one line.
+        text = json.dumps(record.to_dict(), ensure_ascii=False, allow_nan=False) + "\n"
+    except (TypeError, ValueError, RecursionError) as e:
+        raise TraceFormatError(f"trace {record.trace_id}: cannot be written as JSON: {e}") from e
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Surrogates occur only inside JSON strings (the syntax is ASCII), so replacing them keeps the line
+        # valid JSON.
+        # %r: the trace id itself may hold one, and repr escapes it.
+        logger.warning(
+            "trace %r: text with lone surrogates (not valid Unicode); writing them as U+FFFD", record.trace_id
+        )
+        return _replace_surrogates(text).encode("utf-8")
 
 
 class TraceWriter:
@@ -41,6 +68,9 @@ class TraceWriter:
     several processes can share one file without interleaving, and a file replaced by
     ``attach_feedback --in-place`` is picked up by the next write. If a crashed writer left a partial
     last line, the next write starts on a new line so the damage stays confined to that line.
+
+    Lone surrogates in any string of a record are written as U+FFFD (with a warning naming the trace id)
+    and non-finite scores as ``null``, so such a record is still written; see :func:`encode_record`.
 
     Args:
         path: The JSONL file (created with its parent folders if missing).

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from bgm_model.modeling import BridgeModel
+from bgm_model.rewards import reward_name
 
 from ._common import (
     BEST_DIR,
@@ -55,6 +56,7 @@ from ._common import (
     TrainExample,
     as_train_examples,
     check_fits,
+    check_resume_fingerprint,
     epoch_order,
     evaluate_bridge,
     find_checkpoint,
@@ -64,6 +66,7 @@ from ._common import (
     make_accelerator,
     make_optimizer,
     progress,
+    run_fingerprint,
     save_bridge_atomically,
     save_checkpoint,
     seed_everything,
@@ -308,8 +311,14 @@ class RLTrainer:
         model, optimizer = acc.prepare(self.bridge, optimizer)
 
         state: dict[str, Any] = {"global_step": 0, "best_metric": None, "best_step": None, "evaluations": []}
+        fingerprint = run_fingerprint(
+            cfg, self.bridge, self.train_data, self.dev_data, reward=reward_name(self.reward)
+        )
+        state["fingerprint"] = fingerprint
         if checkpoint is not None:
-            state.update(load_trainer_state(acc, checkpoint, optimizer, scheduler))
+            saved_state = load_trainer_state(acc, checkpoint, optimizer, scheduler)
+            check_resume_fingerprint(saved_state.get("fingerprint"), fingerprint, checkpoint)
+            state.update(saved_state)
             self._info("Resuming RL from %s (step %d)", checkpoint, state["global_step"])
 
         self._info(

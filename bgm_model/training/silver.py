@@ -57,7 +57,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +175,10 @@ class SilverSequence:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SilverSequence:
+        """A record from its JSON form; ``ValueError`` naming missing fields (rather than a ``TypeError``)."""
+        problem = _record_problem(data)
+        if problem:
+            raise ValueError(problem)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -646,28 +650,66 @@ def write_silver(records: Iterable[SilverSequence], path: str | os.PathLike[str]
     return n
 
 
+def _required_fields() -> list[str]:
+    return [f.name for f in fields(SilverSequence) if f.default is MISSING and f.default_factory is MISSING]
+
+
+def _record_problem(data: Any) -> str | None:
+    """Why ``data`` is not a silver record (``None`` if it is one), with a hint when it is a trace record."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object (a silver record), got {type(data).__name__}"
+    missing = [k for k in _required_fields() if k not in data]
+    if not missing:
+        return None
+    problem = f"missing field{'s' if len(missing) > 1 else ''} {', '.join(repr(k) for k in missing)}"
+    if "trace_id" in data or "schema_version" in data:
+        problem += (
+            " (is this a traces file? build silver sequences from traces with "
+            "`bgm synthesize TRACES.jsonl --traces -o SILVER.jsonl`)"
+        )
+    return problem
+
+
 def _iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
+    """The records of a silver file; a line that is not one raises ``ValueError`` naming file and line."""
+    with open(path, "rb") as f:
         lines = f.readlines()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
+        truncated = lineno == len(lines) and not raw.endswith(b"\n")
         try:
-            yield json.loads(line)
-        except json.JSONDecodeError as e:
-            if lineno == len(lines) and not line.endswith("\n"):
+            data = json.loads(raw.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if truncated:
                 logger.warning("%s: ignoring a truncated last line", path)
                 return
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+            reason = e.msg if isinstance(e, json.JSONDecodeError) else f"not UTF-8: {e.reason}"
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({reason})") from e
+        except (RecursionError, ValueError) as e:
+            # Complete JSON that Python cannot decode ("[[[[...]]]]" past the recursion limit, huge integers).
+            raise ValueError(f"{path}:{lineno}: cannot decode the JSON ({type(e).__name__})") from None
+        problem = _record_problem(data)
+        if problem:
+            raise ValueError(f"{path}:{lineno}: {problem}")
+        yield data
 
 
 def read_silver(path: str | os.PathLike[str]) -> list[SilverSequence]:
-    """All records of a silver file (a truncated last line from a crash is ignored with a warning)."""
+    """All records of a silver file (a truncated last line from a crash is ignored with a warning).
+
+    A line that is not a silver record (not a JSON object, missing fields, e.g. a traces file) raises
+    ``ValueError`` naming the file, the line and the missing fields.
+    """
     return [SilverSequence.from_dict(d) for d in _iter_records(Path(path))]
 
 
 def silver_ids(path: str | os.PathLike[str]) -> set[str]:
-    """Ids already in a silver file (empty if it does not exist)."""
+    """Ids already in a silver file (empty if it does not exist).
+
+    Checks every line as :func:`read_silver` does, so resuming into a file that is not a silver file fails
+    before any reader call rather than after the whole run.
+    """
     path = Path(path)
     return {str(d["id"]) for d in _iter_records(path)} if path.exists() else set()
 
@@ -732,6 +774,8 @@ def synthesize_to_file(
     path = Path(path)
     if path.exists() and not resume:
         raise FileExistsError(f"{path} exists; pass resume=True to continue it or choose another path")
+    if resume and path.exists():
+        silver_ids(path)  # a file that is not a silver file fails here, before a settings file is written
     config = config or SilverConfig()
     settings = _settings(reward, config)
     try:

@@ -43,6 +43,7 @@ from ._common import (
     TrainExample,
     as_train_examples,
     check_fits,
+    check_resume_fingerprint,
     epoch_order,
     evaluate_bridge,
     find_checkpoint,
@@ -53,6 +54,7 @@ from ._common import (
     make_accelerator,
     make_optimizer,
     progress,
+    run_fingerprint,
     save_bridge_atomically,
     save_checkpoint,
     seed_everything,
@@ -257,8 +259,12 @@ class SLTrainer:
             "best_metric": None,
             "evaluations": [],
         }
+        fingerprint = run_fingerprint(cfg, self.bridge, self.train_data, self.dev_data)
+        state["fingerprint"] = fingerprint
         if checkpoint is not None:
-            state.update(load_trainer_state(acc, checkpoint, optimizer, scheduler))
+            saved_state = load_trainer_state(acc, checkpoint, optimizer, scheduler)
+            check_resume_fingerprint(saved_state.get("fingerprint"), fingerprint, checkpoint)
+            state.update(saved_state)
             self._info(
                 "Resuming SL from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["global_step"]
             )

@@ -151,3 +151,15 @@ def test_callable_reader_errors():
     assert not reader.supports_scoring
     with pytest.raises(NotImplementedError, match="cannot score"):
         reader.score_batch([Q], [PS], ["x"])
+
+
+@pytest.mark.parametrize(
+    ("questions", "passages", "named"),
+    [(["bad \ud800"], [["ok"]], r"questions\[0\]"), (["q"], [["ok", "bad \udc00"]], r"passage_lists\[0\]\[1\]")],
+)
+def test_a_lone_surrogate_reaching_a_reader_names_the_argument(questions, passages, named):
+    calls = []
+    reader = CallableReader(lambda question, passages: calls.append(question) or "ok", cache=False)
+    with pytest.raises(ValueError, match=f"{named} is not valid Unicode text"):
+        reader.answer_batch(questions, passages)
+    assert calls == [], "checked before the LLM is called"

@@ -85,6 +85,29 @@ def test_attach_copies_unreadable_lines_unchanged(tmp_path):
     assert read_traces(src)[0].feedback[0].score == 0.5
 
 
+def test_attach_copies_a_pathologically_nested_line_unchanged(tmp_path):
+    """One line nested past Python's recursion limit must not abort attaching feedback to the others."""
+    src = tmp_path / "t.jsonl"
+    _traces(src, 1)
+    nested = b"[" * 100_000 + b"]" * 100_000 + b"\n"
+    with src.open("ab") as f:
+        f.write(nested)
+    attach_feedback(
+        src, _jsonl(tmp_path / "fb.jsonl", [{"query": "question 0?", "score": 0.5}]), in_place=True
+    )
+    assert src.read_bytes().endswith(nested)
+    assert read_traces(src, skip_invalid=True)[0].feedback[0].score == 0.5
+
+
+def test_a_pathologically_nested_feedback_row_names_its_line(tmp_path):
+    src = tmp_path / "t.jsonl"
+    _traces(src, 1)
+    feedback = tmp_path / "fb.jsonl"
+    feedback.write_text(json.dumps({"query": "question 0?", "score": 1.0}) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=f"{feedback}:2: cannot decode the JSON"):
+        attach_feedback(src, feedback, in_place=True)
+
+
 def test_cli_import_inspect_attach(tmp_path, capsys):
     data = tmp_path / "ds.jsonl"
     _jsonl(

@@ -221,3 +221,116 @@ def test_four_processes_writing_one_file_do_not_interleave(tmp_path: Path):
     assert {r.trace_id for r in records} == {f"w{w}-{i}" for w in range(4) for i in range(500)}
     for r in records:
         assert r.passages[0].content.startswith(f"worker {r.trace_id[1]} ")
+
+
+# -- bad input ------------------------------------------------------------------------------------------------
+
+
+def test_lone_surrogates_are_written_as_replacement_characters_not_lost(tmp_path: Path, caplog):
+    path = tmp_path / "t.jsonl"
+    record = make_record(0, metadata={"note\ud800": "x\udc80"})
+    record.trace_id = "t-surrogate"
+    record.query = "bad \ud800 query"
+    record.passages[1].content = "bad \udfff passage"
+    record.llm.answer = "\ud83d\ude00 \ud800"  # a valid pair becomes its character, the lone one U+FFFD
+    with caplog.at_level(logging.WARNING, logger="bgm_model.traces.writer"):
+        assert TraceWriter(path).write(record) is True
+    assert [r.getMessage() for r in caplog.records if "surrogate" in r.getMessage()] == [
+        "trace 't-surrogate': text with lone surrogates (not valid Unicode); writing them as U+FFFD"
+    ]
+    (back,) = read_traces(path)
+    assert back.query == "bad \ufffd query"
+    assert back.passages[1].content == "bad \ufffd passage"
+    assert back.answer == "\U0001f600 \ufffd"
+    assert back.metadata == {"note\ufffd": "x\ufffd"}
+    assert record.query == "bad \ud800 query"  # the caller's record is not changed
+
+
+def test_non_finite_scores_are_written_as_null(tmp_path: Path):
+    path = tmp_path / "t.jsonl"
+    record = make_record(0)
+    record.passages[0].score = float("nan")
+    record.passages[1].score = float("inf")
+    record.bridge.scores = [float("-inf"), 0.5, float("nan")]
+    record.feedback[0].score = float("nan")
+    TraceWriter(path).write(record)
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+    (back,) = read_traces(path)
+    assert [p.score for p in back.passages] == [None, None]
+    assert back.bridge.scores == [None, 0.5, None]
+    assert back.feedback[0].score is None
+
+
+@pytest.mark.parametrize("version", ["1", [1], 1.5, 1.0, True, None, {"v": 1}], ids=repr)
+def test_schema_version_of_the_wrong_type_is_a_skippable_format_error(tmp_path: Path, version):
+    path = tmp_path / "t.jsonl"
+    bad = {**make_record(1).to_dict(), "schema_version": version}
+    path.write_text("".join(json.dumps(r) + "\n" for r in [make_record(0).to_dict(), bad]))
+    with pytest.raises(TraceFormatError, match=r":2: schema_version must be an integer") as e:
+        list(iter_traces(path))
+    assert not isinstance(e.value, TraceSchemaVersionError)
+    stats = ReadStats()
+    assert [r.query for r in read_traces(path, skip_invalid=True, stats=stats)] == ["question 0?"]
+    assert [n for n, _ in stats.invalid_lines] == [2]
+
+
+def test_a_record_with_a_bool_schema_version_is_not_written(tmp_path: Path):
+    with pytest.raises(TraceFormatError, match="schema version must be an integer"):
+        TraceWriter(tmp_path / "t.jsonl").write(make_record(0, schema_version=True))
+
+
+def test_a_pathologically_nested_line_is_an_invalid_record_and_the_rest_is_read(tmp_path: Path):
+    path = tmp_path / "t.jsonl"
+    lines = [
+        json.dumps(make_record(0).to_dict()),
+        "[" * 100_000 + "]" * 100_000,  # json.loads raises RecursionError
+        json.dumps(make_record(1).to_dict())[:-1] + ', "n": ' + "9" * 5000 + "}",  # past the digit limit
+        json.dumps(make_record(2).to_dict()),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    stats = ReadStats()
+    records = read_traces(path, skip_invalid=True, stats=stats)
+    assert [r.query for r in records] == ["question 0?", "question 2?"]
+    assert [n for n, _ in stats.invalid_lines] == [2, 3] and stats.truncated == 0
+    assert "RecursionError" in stats.invalid_lines[0][1]
+    with pytest.raises(TraceFormatError, match=r":2: cannot decode the JSON \(RecursionError"):
+        list(iter_traces(path))
+    with pytest.raises(TraceFormatError, match="line 2: cannot decode.*line 3: cannot decode"):
+        read_traces(path)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"passages": 5},
+        {"passages": [5]},
+        {"passages": ["document.content"]},
+        {"passages": [{"document.content": "c", "document.metadata": ["ab"]}]},
+        {"query": {"a": 1}},
+        {"bridge": 5},
+        {"bridge": {"source_indices": "01"}},
+        {"bridge": {"source_indices": [0.7]}},
+        {"bridge": {"source_indices": [True]}},
+        {"bridge": {"source_indices": [0], "ids": "ab"}},
+        {"llm": "answer"},
+        {"llm": {"answer": {"text": "x"}}},
+        {"llm": {"messages": "hi"}},
+        {"llm": {"messages": [5]}},
+        {"gold_answers": "gold"},
+        {"gold_answers": 5},
+        {"feedback": {"score": 1}},
+        {"feedback": [{"comment": 5}]},
+        {"metadata": [["a", 1]]},
+        {"metadata": "x"},
+    ],
+    ids=lambda c: json.dumps(c)[:60],
+)
+def test_fields_of_the_wrong_type_are_format_errors_naming_the_line(tmp_path: Path, change):
+    path = tmp_path / "t.jsonl"
+    bad = {**make_record(1).to_dict(), **change}
+    path.write_text("".join(json.dumps(r) + "\n" for r in [make_record(0).to_dict(), bad]))
+    with pytest.raises(TraceFormatError, match=rf"^{path}:2: "):
+        list(iter_traces(path))
+    stats = ReadStats()
+    assert [r.query for r in read_traces(path, skip_invalid=True, stats=stats)] == ["question 0?"]
+    assert [n for n, _ in stats.invalid_lines] == [2]

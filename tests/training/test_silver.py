@@ -14,6 +14,7 @@ from bgm_model.training.silver import (
     SilverConfig,
     SilverSequence,
     read_silver,
+    settings_path,
     silver_ids,
     synthesize,
     synthesize_one,
@@ -249,6 +250,70 @@ def test_resumption_skips_done_ids_and_survives_a_truncated_line(tmp_path: Path)
 
     with pytest.raises(FileExistsError):
         synthesize_to_file(examples, reader, path, resume=False)
+
+
+def _silver_file(tmp_path: Path, bad_line: str) -> Path:
+    """A silver file of two good records with ``bad_line`` as its third line."""
+    path = tmp_path / "silver.jsonl"
+    write_silver(synthesize(make_toy_examples(2, 4, seed=0), ToyReader()), path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(bad_line + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        (["ids", "passages"], "missing fields 'passages', 'ids'"),
+        (["question"], "missing field 'question'"),
+        (["id"], "missing field 'id'"),
+    ],
+)
+def test_a_silver_line_missing_fields_names_the_file_line_and_fields(
+    tmp_path: Path, drop: list[str], message: str
+) -> None:
+    rec = synthesize_one(make_toy_examples(1, 4, seed=5)[0], ToyReader()).to_dict()
+    path = _silver_file(tmp_path, json.dumps({k: v for k, v in rec.items() if k not in drop}))
+    expected = rf"^{path}:3: {message}$"
+    with pytest.raises(ValueError, match=expected):
+        read_silver(path)
+    with pytest.raises(ValueError, match=expected):
+        silver_ids(path)
+    with pytest.raises(ValueError, match=rf"^{message}$"):
+        SilverSequence.from_dict({k: v for k, v in rec.items() if k not in drop})
+
+
+@pytest.mark.parametrize("line", ["[1, 2]", "5", '"text"', "null"])
+def test_a_silver_line_that_is_not_an_object_names_the_file_and_line(tmp_path: Path, line: str) -> None:
+    path = _silver_file(tmp_path, line)
+    with pytest.raises(ValueError, match=rf"^{path}:3: expected a JSON object"):
+        read_silver(path)
+    with pytest.raises(ValueError, match=rf"^{path}:3: expected a JSON object"):
+        silver_ids(path)
+
+
+def test_a_pathologically_nested_silver_line_names_the_file_and_line(tmp_path: Path) -> None:
+    path = _silver_file(tmp_path, "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=rf"^{path}:3: cannot decode the JSON \(RecursionError\)"):
+        read_silver(path)
+
+
+def test_a_traces_file_given_as_silver_file_says_so_before_any_reader_call(tmp_path: Path) -> None:
+    from bgm_model.traces.schema import TracePassage, TraceRecord
+    from bgm_model.traces.writer import TraceWriter
+
+    path = tmp_path / "traces.jsonl"
+    TraceWriter(path).write(TraceRecord(query="q?", passages=[TracePassage("d0", "text")], framework="test"))
+    expected = rf"^{path}:1: missing fields 'id', 'question'.*is this a traces file\? .*--traces"
+    with pytest.raises(ValueError, match=expected):
+        read_silver(path)
+    with pytest.raises(ValueError, match=expected):
+        silver_ids(path)
+    reader = ToyReader()
+    with pytest.raises(ValueError, match=expected):  # resuming into it fails before the search starts
+        synthesize_to_file(make_toy_examples(2, 4, seed=0), reader, path)
+    assert reader.answer_prompts == 0
+    assert not settings_path(path).exists(), "no settings file is left beside the traces file"
 
 
 def test_cli_synthesizes_and_resumes(tmp_path: Path) -> None:
