@@ -34,7 +34,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check bgm_model bgm_integrations tests benchmarks
+	$(BIN)/ruff check bgm_model bgm_integrations bgm_cli tests benchmarks
 
 bench-latency: $(STAMP)
-	$(BIN)/python benchmarks/latency.py $(ARGS)
+	$(BIN)/python -m benchmarks.latency $(ARGS)

@@ -14,7 +14,7 @@ gold one under
 
 Run after the quality benchmark, e.g.:
 
-    python benchmarks/gold_ranking.py --cross-encoder bgm_output/quality/nq_open_1000/cross_encoder \\
+    python -m benchmarks.gold_ranking --cross-encoder bgm_output/quality/nq_open_1000/cross_encoder \\
         --skip 1000 --select-questions 300 --dev-questions 300
 """
 
@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bgm_model.bundled import bundled_dataset  # noqa: E402
-from bgm_model.data import QAExample, load_examples  # noqa: E402
+from benchmarks.common import RESULTS, command_line
+from bgm_model.assets import bundled_dataset
+from bgm_model.data import QAExample, load_examples
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
@@ -73,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select-questions", type=int, default=300)
     p.add_argument("--dev-questions", type=int, default=300)
     p.add_argument("--top-k", type=int, default=10)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gold_ranking.json"))
+    p.add_argument("--out", default=str(RESULTS / "gold_ranking.json"))
     args = p.parse_args(argv)
 
-    from bgm_model.cross_encoder import CrossEncoder
+    from bgm_model.evaluation.cross_encoder import CrossEncoder
 
     train_source = args.train or bundled_dataset(args.dataset, "train")
     dev_source = args.dev or bundled_dataset(args.dataset, "dev")
@@ -97,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "mix weight": best,
         "selection questions, gold first by weight": {f"{w:g}": round(v, 4) for w, v in on_select.items()},
         "selection questions, gold first, retriever order": gold_first(select_rows, None),
-        "command": "python benchmarks/gold_ranking.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("gold_ranking", argv),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

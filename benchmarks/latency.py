@@ -1,7 +1,7 @@
 """Bridge latency on CPU next to a cross-encoder pass of the same backbone, measured in the same run.
 
-    python benchmarks/latency.py                      # full table (a few minutes on 2 cores)
-    python benchmarks/latency.py --repeats 3 --quick  # smoke run
+    python -m benchmarks.latency                      # full table (a few minutes on 2 cores)
+    python -m benchmarks.latency --repeats 3 --quick  # smoke run
 
 For 10, 20 and 50 passages of ~100 words (real Wikipedia passages from nq_open), batch 1 and batch 16:
 median and p95 wall time of (a) the bridge with its own greedy output, (b) the bridge forced to emit the
@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,15 +26,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bgm_model import BridgeConfig, BridgeModel  # noqa: E402
-from bgm_model.cross_encoder import CrossEncoder  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data" / "nq_open"
+from benchmarks.common import RESULTS, passage_text, shared_data_dir
+from bgm_model import BridgeConfig, BridgeModel
+from bgm_model.evaluation.cross_encoder import CrossEncoder
 
 
 def _rss_bytes() -> int:
@@ -68,24 +63,11 @@ class PeakMemory:
 
 
 def load_data(n_queries: int, n_passages: int) -> tuple[list[str], list[list[str]]]:
-    corpus = [json.loads(line) for line in (DATA / "corpus.jsonl").open()]
-    passages = [f"{p['title']}. {p['text']}" for p in corpus if 80 <= len(p["text"].split()) <= 130]
-    questions = [json.loads(line)["question"] for line in (DATA / "dev.jsonl").open()][:n_queries]
+    corpus = [json.loads(line) for line in (shared_data_dir("nq_open") / "corpus.jsonl").open()]
+    passages = [passage_text(p) for p in corpus if 80 <= len(p["text"].split()) <= 130]
+    questions = [json.loads(line)["question"] for line in (shared_data_dir("nq_open") / "dev.jsonl").open()][:n_queries]
     lists = [[passages[(q * 97 + i * 13) % len(passages)] for i in range(n_passages)] for q in range(n_queries)]
     return questions, lists
-
-
-def force_full_length(bridge: BridgeModel) -> Callable[[], None]:
-    """Make the bridge emit IDs until max_output_length (worst-case decoding); returns an undo function."""
-    original = bridge._action_log_probs
-
-    def no_early_end(logits, counts, n_passages, forced_end):
-        lp = original(logits, counts, n_passages, forced_end)
-        can_continue = torch.isfinite(lp[..., :-1]).any(-1) & ~forced_end
-        return torch.log_softmax(lp.masked_fill(torch.nn.functional.pad(can_continue.unsqueeze(-1), (lp.shape[-1] - 1, 0)), float("-inf")), -1)
-
-    bridge._action_log_probs = no_early_end  # type: ignore[method-assign]
-    return lambda: setattr(bridge, "_action_log_probs", original)
 
 
 def time_calls(fn: Callable[[], object], repeats: int) -> dict[str, float]:
@@ -108,14 +90,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="queries per call")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per cell (batch 16 uses a third)")
     parser.add_argument("--bridge", default=None, help="a saved bridge (default: MiniLM warm start)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency.json"))
+    parser.add_argument("--out", default=str(RESULTS / "latency.json"))
     args = parser.parse_args()
 
     torch.manual_seed(0)
     config = BridgeConfig(max_passages=max(64, max(args.passages)))
     bridge = BridgeModel.from_pretrained(args.bridge) if args.bridge else BridgeModel.from_encoder(config=config)
     bridge.to("cpu")
-    cross = CrossEncoder(max_length=bridge._row_length, batch_size=bridge.config.encoder_batch_size)
+    cross = CrossEncoder(max_length=bridge.encoder_row_length, batch_size=bridge.config.encoder_batch_size)
     rows = []
     for batch in args.batches:
         repeats = args.repeats if batch == 1 else max(3, args.repeats // 3)
@@ -127,11 +109,13 @@ def main() -> None:
             ce = time_calls(lambda q=queries, ls=lists: cross.rerank_batch(q, ls), repeats)
             own = time_calls(run_bridge, repeats)
             out_len = statistics.mean(len(r.ids) for r in bridge.bridge_batch(queries, lists, batch_size=batch))
-            undo = force_full_length(bridge)
-            try:
-                full = time_calls(run_bridge, repeats)
-            finally:
-                undo()
+            # Worst-case decoding: no end before max_output_length IDs.
+            full = time_calls(
+                lambda q=queries, ls=lists, b=batch: bridge.bridge_batch(
+                    q, ls, batch_size=b, min_length=bridge.config.max_output_length
+                ),
+                repeats,
+            )
             row = {
                 "batch": batch, "passages": n, "cross_encoder": ce, "bridge": own, "bridge_full_length": full,
                 "bridge_output_len": out_len, "full_output_len": bridge.config.max_output_length,

@@ -15,7 +15,7 @@ the answer contains a gold answer, for the default reward) when the reader sees 
 
 Run after the quality benchmark (it reuses that run's silver file and the cached MiniLM retrieval):
 
-    python benchmarks/passage_choice.py --silver bgm_output/quality/nq_open/bgm/silver.jsonl --dataset nq_open
+    python -m benchmarks.passage_choice --silver bgm_output/quality/nq_open/bgm/silver.jsonl --dataset nq_open
 """
 
 from __future__ import annotations
@@ -23,18 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bgm_model.bundled import bundled_dataset  # noqa: E402
-from bgm_model.data import load_examples  # noqa: E402
-from bgm_model.rewards import answer_contains  # noqa: E402
-from bgm_model.training.silver import read_silver  # noqa: E402
+from benchmarks.common import RESULTS, command_line
+from bgm_model.assets import bundled_dataset
+from bgm_model.data import load_examples
+from bgm_model.rewards import answer_contains
+from bgm_model.training.silver import read_silver
 
 _STOP = {"the", "a", "an", "of", "in", "is", "who", "what", "when", "where", "was", "to", "and", "how", "did",
          "does", "which", "for", "on", "by"}
@@ -51,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train")
     p.add_argument("--data", default=None, help="the dataset file instead of a bundled one (any format of "
                    "bgm_model.data; retrieval sets are retrieved with MiniLM as the benchmark did)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "passage_choice.json"))
+    p.add_argument("--out", default=str(RESULTS / "passage_choice.json"))
     args = p.parse_args(argv)
 
     records = [r for r in read_silver(args.silver) if r.scanned]
@@ -105,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "P(correct | rank)": [round(float(ok[rank == j].mean()), 3) for j in range(int(rank.max()) + 1)],
         "P(correct | gold passage)": float(ok[gold == 1].mean()) if (gold == 1).any() else None,
         "P(correct | other passage)": float(ok[gold == 0].mean()),
-        "command": "python benchmarks/passage_choice.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("passage_choice", argv),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

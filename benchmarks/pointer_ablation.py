@@ -1,7 +1,7 @@
 """Ablation: SL on the toy environment with and without the pointer term; held-out accuracy every 25 steps.
 
-    python benchmarks/pointer_ablation.py 1 151   # pointer_scoring=True, 151 steps
-    python benchmarks/pointer_ablation.py 0 76    # pointer_scoring=False
+    python -m benchmarks.pointer_ablation 1 151   # pointer_scoring=True, 151 steps
+    python -m benchmarks.pointer_ablation 0 76    # pointer_scoring=False
 """
 
 from __future__ import annotations

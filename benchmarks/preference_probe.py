@@ -6,7 +6,7 @@ alone and twice — and prints EM, F1 and answer containment (with a bootstrap C
 A reader that does much better with fewer passages, another order, or a repeated passage than with "all in
 retriever order" is what the bridge is for; if the gold passage alone is no better than top-1, choosing passages has little to gain.
 
-    python benchmarks/preference_probe.py --dataset nq_open --questions 50
+    python -m benchmarks.preference_probe --dataset nq_open --questions 50
 
 The gold arrangements read the gold labels (the first gold candidate; top-1 when none was retrieved): a
 reference, not a method. Reader calls go through the persistent cache, so a rerun is quick. Installed
@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bgm_model.arrangements import Arrangement, gold_passage, retriever_order, reversed_order, top_k  # noqa: E402
-from bgm_model.bundled import bundled_dataset  # noqa: E402
-from bgm_model.cli.common import add_reader_arguments, build_reader  # noqa: E402
-from bgm_model.data import QAExample, load_examples  # noqa: E402
-from bgm_model.evaluation import evaluate  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, command_line
+from bgm_cli.common import add_reader_arguments, build_reader
+from bgm_model.assets import bundled_dataset
+from bgm_model.data import QAExample, load_examples
+from bgm_model.evaluation import evaluate
+from bgm_model.evaluation.arrangements import (
+    Arrangement,
+    gold_passage,
+    retriever_order,
+    reversed_order,
+    top_k,
+)
 
 
 def probe_methods(examples: list[QAExample]) -> list[Arrangement]:
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="dev")
     p.add_argument("--questions", type=int, default=50)
     p.add_argument("--top-k", type=int, default=10, help="candidates retrieved per question (retrieval sets)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "preference_probe.json"))
+    p.add_argument("--out", default=str(RESULTS / "preference_probe.json"))
     add_reader_arguments(p)
     args = p.parse_args(argv)
 
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "source": str(shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown),
         "seconds": round(seconds, 1),
-        "command": "python benchmarks/preference_probe.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("preference_probe", argv),
         **report.to_dict(),  # the same report `bgm evaluate --output` writes, per question included
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

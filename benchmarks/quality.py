@@ -22,13 +22,13 @@ arrangement latency (ms per question) and reader seconds. Results: ``<results>/q
 
 Run (primary target, ~75 min on 2 CPU cores from an empty cache; minutes when cached):
 
-    python benchmarks/quality.py --dataset nq_open
+    python -m benchmarks.quality --dataset nq_open
     # the published run (docs/benchmarks.md; several hours on 2 cores, mostly silver search and evaluation):
-    python benchmarks/quality.py --dataset nq_open --train-questions 359 --dev-questions 75 --sl-epochs 5 \
+    python -m benchmarks.quality --dataset nq_open --train-questions 359 --dev-questions 75 --sl-epochs 5 \
         --rl-steps 40 --rl-batch-size 8 --rl-learning-rate 3e-5 --threads 2
-    python benchmarks/quality.py --dataset hotpotqa --train-questions 60 --dev-questions 40
-    python benchmarks/quality.py --dataset musique           # MuSiQue train split 70/30 (20 candidates)
-    python benchmarks/quality.py --train my_train.jsonl --dev my_dev.jsonl --name mine
+    python -m benchmarks.quality --dataset hotpotqa --train-questions 60 --dev-questions 40
+    python -m benchmarks.quality --dataset musique           # MuSiQue train split 70/30 (20 candidates)
+    python -m benchmarks.quality --train my_train.jsonl --dev my_dev.jsonl --name mine
 """
 
 from __future__ import annotations
@@ -36,32 +36,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
-import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-from bgm_model.cli.common import add_reader_arguments, build_reader  # noqa: E402
-from bgm_model.data import QAExample, load_examples  # noqa: E402
-from bgm_model.training.pipeline import BridgeRecipe, train_bridge  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, command_line, shared_data_dir
+from bgm_cli.args import add_recipe_arguments, recipe_from_args
+from bgm_cli.common import add_reader_arguments, build_reader
+from bgm_model.data import QAExample, load_examples
+from bgm_model.evaluation.plots import plot_methods
+from bgm_model.training.examples import split_dev
+from bgm_model.training.pipeline import BridgeRecipe, train_bridge
 
 logger = logging.getLogger("benchmarks.quality")
 
 TARGET_DATASET = "nq_open"
 BASELINE = "all, retriever order"
 ORACLE = "SPS oracle (uses gold answers)"
-
-
-def shared_data_dir() -> Path:
-    for candidate in (ROOT.parent / "shared" / "data", Path("/work/shared/data")):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("../shared/data not found next to the repository; pass --train/--dev files")
 
 
 def load_split(args: argparse.Namespace, embedder: Any = None) -> tuple[str, list[QAExample], list[QAExample]]:
@@ -74,7 +65,7 @@ def load_split(args: argparse.Namespace, embedder: Any = None) -> tuple[str, lis
             return name, train, load_examples(args.dev, top_k=args.top_k, limit=args.dev_questions, embedder=embedder)
         return (name, *split_off_dev(train, args))
     if args.dataset in ("nq_open", "hotpotqa"):
-        from bgm_model.bundled import bundled_dataset
+        from bgm_model.assets import bundled_dataset
 
         train = load_examples(bundled_dataset(args.dataset, "train"), top_k=args.top_k, limit=args.train_questions,
                               embedder=embedder)
@@ -88,20 +79,19 @@ def load_split(args: argparse.Namespace, embedder: Any = None) -> tuple[str, lis
 
 
 def split_off_dev(examples: list[QAExample], args: argparse.Namespace) -> tuple[list[QAExample], list[QAExample]]:
-    """A seeded 70/30 split of one file into train and dev questions (then capped by the size options)."""
-    shuffled = list(examples)
-    random.Random(args.seed).shuffle(shuffled)
-    cut = round(0.7 * len(shuffled))
-    return shuffled[:cut][: args.train_questions], shuffled[cut:][: args.dev_questions]
+    """A seeded 70/30 split of one file into train and dev questions (the trainers' split, then capped by the
+    size options)."""
+    train, dev = split_dev(examples, 0.3, args.recipe.seed)
+    return train[: args.train_questions], dev[: args.dev_questions]
 
 
 def train_cross_encoder(train: list[QAExample], work: Path, args: argparse.Namespace) -> Any:
     """The supervised reranker baseline: MiniLM cross-encoder trained listwise on the gold-passage labels."""
-    from bgm_model.cross_encoder import CrossEncoder
+    from bgm_model.evaluation.cross_encoder import CrossEncoder
 
     folder = work / "cross_encoder"
     stamp = {"questions": sorted(ex.id for ex in train), "epochs": args.ce_epochs, "lr": args.ce_learning_rate,
-             "loss": "listwise", "seed": args.seed}
+             "loss": "listwise", "seed": args.recipe.seed}
     if (folder / "bgm_stamp.json").exists() and json.loads((folder / "bgm_stamp.json").read_text()) == stamp:
         logger.info("reusing the cross-encoder in %s", folder)
         return CrossEncoder(folder)
@@ -114,7 +104,7 @@ def train_cross_encoder(train: list[QAExample], work: Path, args: argparse.Names
     encoder = CrossEncoder()
     encoder.fit_listwise([ex.question for ex in labelled], [ex.passages for ex in labelled],
                          [[float(g) for g in ex.gold] for ex in labelled],  # type: ignore[union-attr]
-                         epochs=args.ce_epochs, learning_rate=args.ce_learning_rate, seed=args.seed)
+                         epochs=args.ce_epochs, learning_rate=args.ce_learning_rate, seed=args.recipe.seed)
     encoder.save_pretrained(folder)
     (folder / "bgm_stamp.json").write_text(json.dumps(stamp))
     return encoder
@@ -123,12 +113,11 @@ def train_cross_encoder(train: list[QAExample], work: Path, args: argparse.Names
 def oracle_sequences(dev: list[QAExample], reader: Any, work: Path, recipe: BridgeRecipe) -> list[Any]:
     """Silver sequences of the dev questions: greedy search with their gold answers (an upper bound)."""
     from bgm_model.rewards import get_reward
-    from bgm_model.training.silver import SilverConfig, read_silver, synthesize_to_file
+    from bgm_model.training.silver import read_silver, synthesize_to_file
 
     path = work / "oracle_silver.jsonl"
     synthesize_to_file(dev, reader, path, reward=get_reward(recipe.reward), set_aside_mismatched=True,
-                       config=SilverConfig(max_length=recipe.silver_max_length, top_m=recipe.silver_top_m,
-                                           secondary_extends=recipe.silver_secondary_extends))
+                       config=recipe.silver)
     wanted = {ex.id for ex in dev}
     return [s for s in read_silver(path) if s.id in wanted]
 
@@ -137,7 +126,7 @@ def ceiling(dev: list[QAExample], oracle: list[Any], threshold: float = 1.0) -> 
     """What choosing passages *could* gain with this reader, from the oracle search's own scans (no reader
     calls): the share of dev questions answered correctly (primary reward >= ``threshold``, i.e. the answer
     contains a gold answer for the default reward) by the top-1 passage alone, by the gold passage alone,
-    by the best single passage, and by the oracle's sequence of up to ``silver_max_length`` passages."""
+    by the best single passage, and by the oracle's sequence of up to ``recipe.silver.max_length`` passages."""
     by_id = {ex.id: ex for ex in dev}
     rows = []
     for rec in oracle:
@@ -279,33 +268,13 @@ def markdown(name: str, report: Any, summary: dict[str, Any], command: str, info
     return "\n".join(lines) + "\n"
 
 
-def plot(path: Path, name: str, report: Any, metric: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = report.methods
-    names = [m.name for m in methods]
-    intervals = [m.interval(metric) for m in methods]
-    values = [getattr(m, metric) for m in methods]
-    errors = [[v - lo for v, (lo, _) in zip(values, intervals)], [hi - v for v, (_, hi) in zip(values, intervals)]]
-    colors = ["tab:orange" if n.startswith("BGM") else "tab:blue" for n in names]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.3 * len(names) + 1.6))
-    axes[0].barh(names, values, xerr=errors, color=colors, capsize=2)
-    axes[0].set(title=f"{name} dev: {metric} (95% CI)", xlim=(0, 1))
-    axes[1].barh(names, [m.prompt_tokens for m in methods], color=colors)
-    axes[1].set(title="mean prompt tokens")
-    axes[1].set_yticklabels([])
-    for ax in axes:
-        ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def default_recipe() -> BridgeRecipe:
+    """The benchmark's training recipe: the demo's, with 6 SL epochs and 8 RL steps."""
+    return BridgeRecipe.from_dict({"sl": {"num_epochs": 6}, "rl": {"max_steps": 8}})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    defaults = BridgeRecipe()
+    """The benchmark's options; ``args.recipe`` is the training recipe they (and ``--config``) describe."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=TARGET_DATASET, choices=["nq_open", "hotpotqa", "musique"])
     p.add_argument("--train", default=None, help="any training JSONL in the project's format (overrides --dataset)")
@@ -322,41 +291,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="search the oracle on the first N dev questions only (default 0: all of them)")
     p.add_argument("--ce-epochs", type=int, default=3, help="cross-encoder training epochs")
     p.add_argument("--ce-learning-rate", type=float, default=2e-5, help="cross-encoder learning rate")
-    p.add_argument("--reward", default=defaults.reward, help="reward of SPS and RL")
-    p.add_argument("--silver-max-length", type=int, default=defaults.silver_max_length)
-    p.add_argument("--silver-top-m", type=int, default=defaults.silver_top_m)
-    p.add_argument("--silver-secondary-extends", type=int, choices=[0, 1],
-                   default=int(defaults.silver_secondary_extends),
-                   help="1: a tie-breaker gain alone may add a passage after the first; 0: it must raise the reward")
-    p.add_argument("--max-passage-tokens", type=int, default=defaults.max_passage_tokens)
-    p.add_argument("--sl-epochs", type=int, default=6)
-    p.add_argument("--sl-learning-rate", type=float, default=defaults.sl_learning_rate)
-    p.add_argument("--sl-soft-target-weight", type=float, default=defaults.sl_soft_target_weight,
-                   help="weight of the soft step targets from the search's scans (0: hard silver sequences)")
-    p.add_argument("--freeze-encoder-layers", type=int, default=defaults.freeze_encoder_layers,
-                   help="encoder layers (from the bottom, with the embeddings) kept fixed in SL and RL")
-    p.add_argument("--relevance-prior", type=float, default=defaults.relevance_prior,
-                   help="scale of the bridge's query-passage cosine term (BridgeConfig.relevance_prior; 0: off)")
-    p.add_argument("--rl-steps", type=int, default=8)
-    p.add_argument("--rl-samples", type=int, default=defaults.rl_samples)
-    p.add_argument("--rl-batch-size", type=int, default=defaults.rl_batch_size)
-    p.add_argument("--rl-learning-rate", type=float, default=defaults.rl_learning_rate)
-    p.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction,
-                   help="share of the training questions held out of silver search, SL and RL to choose the RL "
-                        "step by (the SL start included); 0: the last RL step is kept")
     p.add_argument("--no-validation-heuristic", action="store_true",
                    help="with --validation-fraction: skip choosing the best fixed heuristic on the held-out "
                         "training questions too (costs every top-k variant on those questions)")
-    p.add_argument("--rl-eval-steps", type=int, default=defaults.rl_eval_steps,
-                   help="evaluate on the validation questions every N RL steps (0: at the start and end only)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--work-dir", default=None, help="silver sequences, bridges, cross-encoder (default: bgm_output/quality/NAME)")
-    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="where JSON, Markdown and PNG go")
+    p.add_argument("--results", default=str(RESULTS), help="where JSON, Markdown and PNG go")
     add_reader_arguments(p)
+    # Every recipe setting (--reward, --seed, --validation-fraction, --sl-*, --rl-*, --silver-*, --bridge-*);
+    # --seed also seeds the 70/30 split and the cross-encoder.
+    add_recipe_arguments(p, default_recipe())
     args = p.parse_args(argv)
     if args.oracle_questions < 0:
         p.error(f"--oracle-questions must be >= 0 (0: every dev question), got {args.oracle_questions}")
+    try:
+        args.recipe = recipe_from_args(args, default_recipe())
+    except (ValueError, TypeError) as e:
+        p.error(str(e))
     return args
 
 
@@ -364,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bgm_model import BridgeModel
-    from bgm_model.arrangements import (
+    from bgm_model.data.retrieval import MiniLMEmbedder
+    from bgm_model.evaluation import evaluate
+    from bgm_model.evaluation.arrangements import (
         bridge_arrangement,
         embedding_ranker,
         fixed_sequences,
@@ -374,14 +327,12 @@ def main(argv: list[str] | None = None) -> int:
         reversed_order,
         top_k_variants,
     )
-    from bgm_model.embedding import MiniLMEmbedder
-    from bgm_model.evaluation import evaluate
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("quality", argv)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -393,16 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     reader = build_reader(args)
     logger.info("%s: %d train / %d dev questions, reader %s", name, len(train), len(dev), reader.name)
-    recipe = BridgeRecipe(
-        reward=args.reward, silver_max_length=args.silver_max_length, silver_top_m=args.silver_top_m,
-        silver_secondary_extends=bool(args.silver_secondary_extends),
-        max_passage_tokens=args.max_passage_tokens, sl_epochs=args.sl_epochs,
-        sl_learning_rate=args.sl_learning_rate, sl_soft_target_weight=args.sl_soft_target_weight,
-        freeze_encoder_layers=args.freeze_encoder_layers, relevance_prior=args.relevance_prior,
-        rl_steps=args.rl_steps, rl_samples=args.rl_samples,
-        rl_batch_size=args.rl_batch_size, rl_learning_rate=args.rl_learning_rate, seed=args.seed,
-        validation_fraction=args.validation_fraction, rl_eval_steps=args.rl_eval_steps,
-    )
+    recipe = args.recipe
     trained = train_bridge(train, reader, work / "bgm", recipe, reuse=True)
     seconds.update(trained.seconds)
 
@@ -465,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {"train": len(train), "dev": len(dev), "candidates": round(sum(len(e.passages) for e in dev) / len(dev), 1),
             "validation": trained.validation_questions}
     payload = {
-        "command": command, "dataset": name, **info, "reader": report.reader, "recipe": asdict(recipe),
+        "command": command, "dataset": name, **info, "reader": report.reader, "recipe": recipe.to_dict(),
         "silver_reader_calls": trained.reader_calls, "seconds": seconds, "summary": summary,
         "methods": [{**m.summary(), **{f"{k}_ci": m.interval(k) for k in ("em", "f1", "contains")}}
                     for m in report.methods],
@@ -479,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     (results / f"quality_{name}.json").write_text(json.dumps(payload, indent=2))
     table = markdown(name, report, summary, command, info, oracle_report)
     (results / f"quality_{name}.md").write_text(table)
-    plot(results / f"quality_{name}.png", name, report, args.metric)
+    plot_methods(results / f"quality_{name}.png", report, args.metric, title=f"{name} dev: {args.metric} (95% CI)")
     print("\n" + table)
     print("time per stage: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()))
     print(f"wrote {results}/quality_{name}.json, .md, .png")

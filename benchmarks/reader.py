@@ -19,7 +19,7 @@ their wall-time ratio to naive, to reuse and to reuse+batched, their agreement w
 fp32) answers, and the max |difference| of ``score_batch`` on the naive answers of the first
 ``--score-prompts`` prompts.
 
-Run:  python benchmarks/reader.py [--questions 4 --candidates 6 --samples 4 --threads 1 --decode-batch 64]
+Run:  python -m benchmarks.reader [--questions 4 --candidates 6 --samples 4 --threads 1 --decode-batch 64]
 Full size of the issue: --questions 20 --candidates 10. Writes benchmarks/results/reader.json and prints a
 table (wall time, new tokens, ratios to naive, whether results are identical to naive).
 """
@@ -37,20 +37,17 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import RESULTS, passage_text, shared_data_dir
 from bgm_model.readers.base import Reader
 from bgm_model.readers.hf import HFReader, load_smollm2_reader
 
 logger = logging.getLogger("benchmarks.reader")
-ROOT = Path(__file__).resolve().parent.parent
 #: Extra backends ``--backends`` can add: label -> CTranslate2 compute type.
 EXTRA_BACKENDS = {"ct2-int8": "int8", "ct2-float32": "float32"}
 
 
 def find_data_dir() -> Path:
-    for candidate in (ROOT.parent / "shared" / "data" / "nq_open", Path("/work/shared/data/nq_open")):
-        if (candidate / "train.jsonl").exists():
-            return candidate
-    raise FileNotFoundError("nq_open data not found next to the repository (../shared/data/nq_open)")
+    return shared_data_dir("nq_open")
 
 
 def load_questions(n: int, n_candidates: int, seed: int) -> list[dict[str, Any]]:
@@ -67,7 +64,7 @@ def load_questions(n: int, n_candidates: int, seed: int) -> list[dict[str, Any]]
         others = rng.sample([i for i in ids if i not in gold], n_candidates - 1)
         chosen = gold + others
         rng.shuffle(chosen)
-        q["candidates"] = [f"{corpus[i]['title']}: {corpus[i]['text']}" for i in chosen]
+        q["candidates"] = [passage_text(corpus[i]) for i in chosen]
         out.append(q)
         if len(out) == n:
             break
@@ -169,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         default=10,
         help="extra backends: compare score_batch with the transformers reader on this many prompts per workload",
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reader.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "reader.json")
     args = parser.parse_args(argv)
     extras = [b for b in args.backends.split(",") if b]
     unknown = sorted(set(extras) - set(EXTRA_BACKENDS))

@@ -1,18 +1,8 @@
-"""Paths of the datasets shipped inside the package (see ``bundled_data/README.md`` for provenance)."""
+"""Deprecated: use :mod:`bgm_model.assets` (every packaged file is located there)."""
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
+from bgm_model.assets import BUNDLED_DATASETS as DATASETS
+from bgm_model.assets import bundled_dataset
 
-DATASETS = ("nq_open", "hotpotqa")
-
-
-def bundled_dataset(name: str, split: str) -> Path:
-    """``bundled_dataset("nq_open", "dev")`` -> the path of that JSONL file."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown bundled dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    path = Path(str(resources.files("bgm_model") / "bundled_data" / name / f"{split}.jsonl"))
-    if not path.is_file():
-        raise FileNotFoundError(f"{name} has no {split!r} split (no {path})")
-    return path
+__all__ = ["DATASETS", "bundled_dataset"]

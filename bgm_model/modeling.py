@@ -27,6 +27,7 @@ from torch import nn
 
 from .config import CONFIG_KEY, BridgeConfig
 from .errors import BridgeError, BridgeLoadError, TooManyPassagesError
+from .model_card import TRAINING_KEY, ModelCardData, TrainingRecord, write_model_card
 from .outputs import BridgeResult
 from .validation import check_count, check_unicode
 from .version import __version__
@@ -68,7 +69,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load reports (expected missing cross-attention weights when warm-starting)."""
     from transformers.utils import logging as hf_logging
 
@@ -103,6 +104,8 @@ class BridgeModel(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or BridgeConfig()
+        #: What the saved model card (README.md) tells; trainers add one record per stage.
+        self.model_card_data = ModelCardData()
         self._prepare_vocabulary(allow_add=_add_id_tokens)
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.to(resolve_device(device))
@@ -157,9 +160,9 @@ class BridgeModel(nn.Module):
                     "set BridgeConfig(pointer_scoring=False)"
                 )
         max_pos = getattr(getattr(self.model.get_encoder(), "config", mcfg), "max_position_embeddings", None)
-        if max_pos is not None and self._row_length > max_pos:
+        if max_pos is not None and self.encoder_row_length > max_pos:
             raise ValueError(
-                f"max_query_tokens + max_passage_tokens (+ specials) = {self._row_length} exceeds the encoder's "
+                f"max_query_tokens + max_passage_tokens (+ specials) = {self.encoder_row_length} exceeds the encoder's "
                 f"max_position_embeddings ({max_pos}); lower them in BridgeConfig."
             )
 
@@ -229,8 +232,8 @@ class BridgeModel(nn.Module):
         return self._action_token_ids.device
 
     @property
-    def _row_length(self) -> int:
-        # query + ID token + passage + up to 4 special tokens (BART uses 4 for a pair)
+    def encoder_row_length(self) -> int:
+        """Tokens of one encoder row: query + ID token + passage + up to 4 special tokens (BART uses 4)."""
         return self.config.max_query_tokens + self.config.max_passage_tokens + 5
 
     @classmethod
@@ -252,10 +255,10 @@ class BridgeModel(nn.Module):
         from transformers import AutoTokenizer, EncoderDecoderModel
 
         if path is None:
-            from .backbones import minilm_path
+            from .assets import minilm_path
 
             path = minilm_path()
-        with _quiet_transformers():
+        with quiet_transformers():
             decoder_kwargs = {} if decoder_layers is None else {"decoder_num_hidden_layers": decoder_layers}
             model = EncoderDecoderModel.from_encoder_decoder_pretrained(
                 path, path, encoder_use_safetensors=True, decoder_use_safetensors=True,
@@ -323,7 +326,7 @@ class BridgeModel(nn.Module):
         from safetensors import SafetensorError
 
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 model, info = AutoModelForSeq2SeqLM.from_pretrained(
                     source, use_safetensors=True, trust_remote_code=False,
                     output_loading_info=True, ignore_mismatched_sizes=True,
@@ -332,18 +335,25 @@ class BridgeModel(nn.Module):
             raise BridgeLoadError(f"Could not load the weights of the bridge {name!r}: {e}") from e
         _check_loading_info(name, info)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-        return cls(model, tokenizer, config, device=device, _add_id_tokens=False)
+        bridge = cls(model, tokenizer, config, device=device, _add_id_tokens=False)
+        records = getattr(model_config, TRAINING_KEY, None)
+        if isinstance(records, list):
+            bridge.model_card_data.training = [TrainingRecord.from_dict(r) for r in records if isinstance(r, dict)]
+        return bridge
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write config.json (bridge settings under ``bgm_bridge``), model.safetensors, tokenizer, README.md."""
-        from .model_card import write_model_card
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        card = self.model_card_data
+        card.architecture = type(self.model).__name__
+        card.n_params = sum(p.numel() for p in self.model.parameters())
+        card.settings = self.config.to_dict()
         setattr(self.model.config, CONFIG_KEY, {**self.config.to_dict(), "version": __version__})
+        setattr(self.model.config, TRAINING_KEY, card.training_to_json())
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-        write_model_card(self, path)
+        write_model_card(card, path)
         return path
 
     # ------------------------------------------------------------------ input handling
@@ -394,7 +404,7 @@ class BridgeModel(nn.Module):
             )
 
         rows = self.tokenizer(
-            firsts, seconds, truncation="longest_first", max_length=self._row_length,
+            firsts, seconds, truncation="longest_first", max_length=self.encoder_row_length,
             padding="longest", return_tensors="pt",
         ).to(self.device)
         encoder = self.model.get_encoder()
@@ -521,7 +531,13 @@ class BridgeModel(nn.Module):
         )
 
     def _generate(
-        self, enc: _Encoded, *, do_sample: bool, temperature: float, generator: torch.Generator | None
+        self,
+        enc: _Encoded,
+        *,
+        do_sample: bool,
+        temperature: float,
+        generator: torch.Generator | None,
+        min_length: int = 0,
     ) -> list[BridgeResult]:
         k, max_len = self.config.max_passages, self.config.max_output_length
         batch = enc.hidden.shape[0]
@@ -536,6 +552,10 @@ class BridgeModel(nn.Module):
             logits = self._action_logits(out, enc, last_only=True)
             _check_finite(logits, finished)
             lp = self._action_log_probs(logits, counts, enc.n_passages, forced)
+            if step < min_length:
+                # No end while an ID is still allowed: at least min_length IDs (or all there may be).
+                can_continue = torch.isfinite(lp[..., :k]).any(-1, keepdim=True)
+                lp = torch.log_softmax(lp.masked_fill(torch.nn.functional.pad(can_continue, (k, 0)), float("-inf")), -1)
             if do_sample:
                 probs = torch.softmax(lp / temperature, dim=-1)
                 action = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
@@ -578,13 +598,20 @@ class BridgeModel(nn.Module):
         *,
         batch_size: int = 16,
         on_error: OnError = "raise",
+        min_length: int = 0,
     ) -> list[BridgeResult]:
         """Greedy passage sequences for many queries, ``batch_size`` queries per forward pass.
 
         ``on_error='passthrough'`` turns a failure inside the model into the input order (``ids`` =
         ``0..n-1``, ``fallback=True``) with a logged warning; invalid arguments always raise.
+        ``min_length`` forbids the end before that many IDs (while any ID is still allowed): the constrained
+        decoder then picks the most probable passages; 0 lets the bridge decide, as it was trained to.
         """
-        return self._run(queries, passages_per_query, batch_size, on_error, num_samples=1, do_sample=False)
+        if isinstance(min_length, bool) or not isinstance(min_length, int) or min_length < 0:
+            raise TypeError(f"min_length must be an int >= 0, got {min_length!r}")
+        return self._run(
+            queries, passages_per_query, batch_size, on_error, num_samples=1, do_sample=False, min_length=min_length
+        )
 
     def sample(
         self,
@@ -624,6 +651,7 @@ class BridgeModel(nn.Module):
         do_sample: bool,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        min_length: int = 0,
     ) -> list[BridgeResult]:
         if on_error not in ("raise", "passthrough"):
             raise ValueError(f"on_error must be 'raise' or 'passthrough', got {on_error!r}")
@@ -658,7 +686,10 @@ class BridgeModel(nn.Module):
                         enc = self._encode([queries[i] for i in chunk], [checked[i] for i in chunk])
                         if num_samples > 1:
                             enc = enc.repeat(num_samples)
-                        outs = self._generate(enc, do_sample=do_sample, temperature=temperature, generator=generator)
+                        outs = self._generate(
+                            enc, do_sample=do_sample, temperature=temperature, generator=generator,
+                            min_length=min_length,
+                        )
                 except Exception:
                     if on_error == "raise":
                         raise

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from collections.abc import Sequence
-from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -12,17 +11,28 @@ import torch
 from bgm_model import BridgeConfig, BridgeModel, BridgeResult
 
 
-def make_tiny_bridge(config: BridgeConfig | None = None, seed: int = 0) -> BridgeModel:
-    """A randomly initialised 2-layer BERT2BERT bridge with the real MiniLM tokenizer (fast, offline)."""
+def make_tiny_bridge(
+    config: BridgeConfig | None = None,
+    seed: int = 0,
+    *,
+    hidden: int = 32,
+    dropout: float = 0.1,
+    max_positions: int = 256,
+) -> BridgeModel:
+    """A randomly initialised 2+2-layer BERT2BERT bridge with the real MiniLM tokenizer (fast, offline).
+
+    The one tiny-bridge factory of the tests; deterministic by ``seed``.
+    """
     from transformers import AutoTokenizer, BertConfig, EncoderDecoderConfig, EncoderDecoderModel
 
-    from bgm_model.backbones import minilm_path
+    from bgm_model.assets import minilm_path
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(minilm_path())
     enc = BertConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=256,
+        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=2 * hidden, max_position_embeddings=max_positions,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
     )
     dec = BertConfig(**{**enc.to_dict(), "is_decoder": True, "add_cross_attention": True})
     model = EncoderDecoderModel(config=EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec))
@@ -59,10 +69,5 @@ def fit_bridge_to(bridge: BridgeModel, query: str, passages: list[str], target: 
 
 
 def load_benchmark(script: str) -> ModuleType:
-    """``benchmarks/<script>.py`` imported as a module (the benchmarks folder is not a package)."""
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{script}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmark_{script}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark module ``benchmarks.<script>`` (benchmarks are a package run with ``python -m``)."""
+    return importlib.import_module(f"benchmarks.{script}")

@@ -17,9 +17,10 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 from .compressor import BGMDocumentCompressor
 
 if TYPE_CHECKING:
+    from .reader import LangChainReader
     from .tracing import BGMTraceCallbackHandler
 
-__all__ = ["BGMDocumentCompressor", "BGMTraceCallbackHandler"]
+__all__ = ["BGMDocumentCompressor", "BGMTraceCallbackHandler", "LangChainReader"]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,4 +29,8 @@ def __getattr__(name: str) -> Any:
         from .tracing import BGMTraceCallbackHandler
 
         return BGMTraceCallbackHandler
+    if name == "LangChainReader":
+        from .reader import LangChainReader
+
+        return LangChainReader
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,7 @@ from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
-from bgm_model.embedding import MiniLMEmbedder
+from bgm_model.data.retrieval import MiniLMEmbedder
 
 
 class MiniLMEmbeddings(Embeddings):

@@ -17,9 +17,10 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 from .postprocessor import BGMNodePostprocessor
 
 if TYPE_CHECKING:
+    from .reader import LlamaIndexReader
     from .tracing import BGMTraceHandler
 
-__all__ = ["BGMNodePostprocessor", "BGMTraceHandler"]
+__all__ = ["BGMNodePostprocessor", "BGMTraceHandler", "LlamaIndexReader"]
 
 
 def __getattr__(name: str) -> Any:
@@ -27,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from .tracing import BGMTraceHandler
 
         return BGMTraceHandler
+    if name == "LlamaIndexReader":
+        from .reader import LlamaIndexReader
+
+        return LlamaIndexReader
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,47 +1,29 @@
-"""Entry point of the ``bgm`` command: each sub-command lives in its own module with a ``register``."""
+"""Deprecated: use ``bgm_cli.main`` (``python -m bgm_cli.main`` / ``accelerate launch -m bgm_cli.main``)."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
-from bgm_model.errors import BridgeError
-
-# Each module defines ``register(subparsers)`` and sets ``func`` on its parsers.
-_COMMAND_MODULES: tuple[str, ...] = ("synthesize", "traces", "evaluate", "train", "demo")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bgm", description="bgm-bridge: train and use a bridge model between a retriever and an LLM."
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        importlib.import_module(f"bgm_model.cli.{name}").register(subparsers)
-    return parser
+_MOVED = "bgm_model.cli.main moved to bgm_cli.main; this alias will be removed"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not hasattr(args, "func"):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except BridgeError as e:
-        # Errors with a message written for the user: one clear line, not a traceback.
-        logging.getLogger("bgm").debug("details", exc_info=True)
-        print(f"bgm {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    from bgm_cli.main import main as _main
+
+    warnings.warn(_MOVED, DeprecationWarning, stacklevel=2)
+    return _main(argv)
+
+
+def __getattr__(name: str) -> Any:
+    import bgm_cli.main
+
+    if name.startswith("__"):
+        raise AttributeError(name)
+    warnings.warn(_MOVED, DeprecationWarning, stacklevel=2)
+    return getattr(bgm_cli.main, name)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Frozen readers (LLMs) behind one interface, with a persistent call cache and KV prefix reuse.
 
-Heavy modules (torch, LangChain, LlamaIndex, CTranslate2) load only when their reader is first used.
+Heavy modules (torch, CTranslate2) load only when their reader is first used. The LangChain and LlamaIndex
+readers are adapters: ``bgm_integrations.langchain.LangChainReader``, ``bgm_integrations.llama_index.LlamaIndexReader``.
 The optional CTranslate2 backend (``CT2Reader``, ``load_smollm2_ct2_reader``) and ``reader_agreement`` are
 importable from here too.
 """
@@ -13,23 +14,19 @@ from typing import TYPE_CHECKING, Any
 from bgm_model.readers.base import PromptTemplate, Reader, ReaderStats, clean_answer
 from bgm_model.readers.base import ReaderAgreement as ReaderAgreement  # outside the pinned __all__
 from bgm_model.readers.base import reader_agreement as reader_agreement
-from bgm_model.readers.cache import CallCache, default_cache_dir
+from bgm_model.readers.call_cache import CallCache, default_cache_dir
 
 if TYPE_CHECKING:
     from bgm_model.readers.callable import CallableReader
     from bgm_model.readers.ct2 import CT2Reader as CT2Reader
     from bgm_model.readers.ct2 import load_smollm2_ct2_reader as load_smollm2_ct2_reader
     from bgm_model.readers.hf import HFReader, load_smollm2_reader, smollm2_gguf_path
-    from bgm_model.readers.langchain import LangChainReader
-    from bgm_model.readers.llama_index import LlamaIndexReader
 
 __all__ = [
     "CallCache",
     "CT2Reader",
     "CallableReader",
     "HFReader",
-    "LangChainReader",
-    "LlamaIndexReader",
     "PromptTemplate",
     "Reader",
     "ReaderStats",
@@ -47,7 +44,8 @@ _LAZY = {
     "load_smollm2_ct2_reader": "bgm_model.readers.ct2",
     "HFReader": "bgm_model.readers.hf",
     "load_smollm2_reader": "bgm_model.readers.hf",
-    "smollm2_gguf_path": "bgm_model.readers.hf",
+    "smollm2_gguf_path": "bgm_model.assets",
+    # Deprecated: framework readers live in bgm_integrations (these aliases warn on use).
     "LangChainReader": "bgm_model.readers.langchain",
     "LlamaIndexReader": "bgm_model.readers.llama_index",
 }

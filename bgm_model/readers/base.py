@@ -8,9 +8,9 @@ Prompt layout (shared part first, so calls can reuse a cached prefix): system te
 then the passages in order, then the answer cue. Two prompts for the same question whose passage lists share
 a prefix therefore share a token prefix too.
 
-Every public call goes through :class:`~bgm_model.readers.cache.CallCache` (persistent, keyed by the reader's
-``name``, the call kind and the full prompt) and is de-duplicated within the batch; only the misses reach the
-subclass hooks :meth:`Reader._answer_uncached` / :meth:`Reader._score_uncached`.
+Every public call goes through :class:`~bgm_model.readers.call_cache.CallCache` (persistent, keyed by the
+reader's ``name``, the call kind and the full prompt) and is de-duplicated within the batch; only the misses
+reach the subclass hooks :meth:`Reader._answer_uncached` / :meth:`Reader._score_uncached`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from bgm_model.readers.cache import CallCache, call_key, resolve_cache
+from bgm_model.readers.call_cache import CallCache, call_key, resolve_cache
 from bgm_model.validation import check_unicode
 
 logger = logging.getLogger(__name__)
@@ -108,9 +108,13 @@ def clean_answer(text: str) -> str:
     return ""
 
 
-def _check_inputs(
+def check_inputs(
     questions: Sequence[str], passage_lists: Sequence[Sequence[str]], answers: Sequence[str] | None = None
 ) -> None:
+    """Check the arguments of a batched reader call: one passage list (and answer) per question, all strings.
+
+    Raises ``TypeError`` / ``ValueError`` naming the bad entry.
+    """
     # Fail here with a readable message rather than deep inside a tokenizer or torch.
     if isinstance(questions, str) or isinstance(passage_lists, str):
         raise TypeError(
@@ -215,7 +219,7 @@ class Reader(ABC):
 
     def answer_batch(self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]) -> list[str]:
         """Greedy answers, one per (question, passages) pair, in input order."""
-        _check_inputs(questions, passage_lists)
+        check_inputs(questions, passage_lists)
         prompts = [self.prompt_text(q, ps) for q, ps in zip(questions, passage_lists, strict=True)]
         keys = [call_key(self.name, "answer", p) for p in prompts]
 
@@ -242,7 +246,7 @@ class Reader(ABC):
         """Mean per-token log-likelihood of ``answers[i]`` as the reply to prompt ``i``."""
         if not self.supports_scoring:
             raise NotImplementedError(f"{type(self).__name__} cannot score answers; use a local reader")
-        _check_inputs(questions, passage_lists, answers)
+        check_inputs(questions, passage_lists, answers)
         keys = [
             call_key(self.name, "score", self.prompt_text(q, ps), a)
             for q, ps, a in zip(questions, passage_lists, answers, strict=True)
@@ -274,13 +278,13 @@ class Reader(ABC):
         """
         if not self.supports_scoring:
             raise NotImplementedError(f"{type(self).__name__} cannot score answers; use a local reader")
-        _check_inputs(questions, passage_lists)
+        check_inputs(questions, passage_lists)
         if isinstance(targets, str) or len(targets) != len(questions):
             raise ValueError("targets must be a sequence with one list of strings per prompt")
         for i, ts in enumerate(targets):
             if isinstance(ts, str):
                 raise TypeError(f"targets[{i}] must be a list of strings, not a single string")
-            _check_inputs([questions[i]] * len(ts), [passage_lists[i]] * len(ts), ts)
+            check_inputs([questions[i]] * len(ts), [passage_lists[i]] * len(ts), ts)
         prompts = [self.prompt_text(q, ps) for q, ps in zip(questions, passage_lists, strict=True)]
         answer_keys = [call_key(self.name, "answer", p) for p in prompts]
         score_keys = [[call_key(self.name, "score", p, t) for t in ts] for p, ts in zip(prompts, targets, strict=True)]
@@ -322,7 +326,7 @@ class Reader(ABC):
         self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]]
     ) -> list[str]:
         """Async :meth:`answer_batch` (same cache); remote readers run their calls concurrently."""
-        _check_inputs(questions, passage_lists)
+        check_inputs(questions, passage_lists)
         prompts = [self.prompt_text(q, ps) for q, ps in zip(questions, passage_lists, strict=True)]
         keys = [call_key(self.name, "answer", p) for p in prompts]
         found, todo = self._lookup(keys)
@@ -420,7 +424,7 @@ def reader_agreement(
     same answers (``answers`` if given, else the reference reader's own non-empty answers) and the max and
     mean absolute differences of the scores are reported (``None`` otherwise).
     """
-    _check_inputs(questions, passage_lists, answers)
+    check_inputs(questions, passage_lists, answers)
     ref_answers = reference.answer_batch(questions, passage_lists)
     other_answers = other.answer_batch(questions, passage_lists)
     differing = [i for i, (a, b) in enumerate(zip(ref_answers, other_answers, strict=True)) if a != b]

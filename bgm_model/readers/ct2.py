@@ -1,7 +1,7 @@
 """A CTranslate2 model as the frozen reader: an optional, faster CPU backend for the same LLM.
 
 :class:`CT2Reader` renders and tokenises prompts exactly as :class:`~bgm_model.readers.hf.HFReader` does
-(shared :class:`~bgm_model.readers.hf.TokenizerPrompts`), decodes greedily with
+(shared :class:`~bgm_model.readers.prompts.TokenizerPrompts`), decodes greedily with
 ``ctranslate2.Generator.generate_batch`` (same ``max_new_tokens``, same stop tokens, same first-line cut and
 answer cleaning) and scores with ``Generator.score_batch`` (mean per-token log-likelihood of the answer's
 tokens after the prompt, the quantity ``HFReader.score_batch`` returns).
@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bgm_model.readers.base import CacheSpec, PromptTemplate, _check_inputs
-from bgm_model.readers.cache import CACHE_DIR_ENV
-from bgm_model.readers.hf import TokenizerPrompts, resolve_chat_template, stop_token_ids
+from bgm_model.readers.base import CacheSpec, PromptTemplate, check_inputs
+from bgm_model.readers.call_cache import CACHE_DIR_ENV
+from bgm_model.readers.prompts import TokenizerPrompts, resolve_chat_template, stop_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class CT2Reader(TokenizerPrompts):
         self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]], answers: Sequence[str]
     ) -> list[list[float]]:
         """Log-probability of each answer token after its prompt (no persistent cache; for checks/analysis)."""
-        _check_inputs(questions, passage_lists, answers)
+        check_inputs(questions, passage_lists, answers)
         prompts = [self.encode_prompt(q, ps) for q, ps in zip(questions, passage_lists, strict=True)]
         answer_ids = [self._encode_answer(a) for a in answers]
         seqs = [p + a for p, a in zip(prompts, answer_ids, strict=True)]
@@ -255,7 +255,7 @@ def read_metadata(model_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def _smollm2_source() -> str:
-    from bgm_model.readers.hf import SMOLLM2_PACKAGE, smollm2_gguf_path
+    from bgm_model.assets import SMOLLM2_PACKAGE, smollm2_gguf_path
 
     path = smollm2_gguf_path()
     try:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .schema import BridgeTrace, ChatMessage, LLMCall, TracePassage, TraceRecord, _opt_float
+from .schema import BridgeTrace, ChatMessage, LLMCall, TracePassage, TraceRecord, optional_float
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def make_passage(
     return TracePassage(
         id=str(id) if id is not None else content_id(content),
         content=content,
-        score=_opt_float(score),
+        score=optional_float(score),
         metadata=md,
     )
 
@@ -199,7 +199,7 @@ def assemble_record(
                 ids=[passages[i].id for i in indices],
                 source_indices=indices,
                 # The bridge's own score wins over a retriever "score" copied along in the metadata.
-                scores=[_opt_float(d.metadata.get("relevance_score", d.score)) for d in docs],
+                scores=[optional_float(d.metadata.get("relevance_score", d.score)) for d in docs],
                 model=bridge_run.model,
             )
         else:

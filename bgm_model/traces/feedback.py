@@ -60,20 +60,16 @@ class _Row:
 
 def read_feedback(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
     """Read a feedback JSONL file as ``(line number, row)`` pairs; malformed rows raise with their line."""
+    from bgm_model.data.jsonl import JsonlError, iter_jsonl_rows
+
     rows = []
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TraceFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            except (RecursionError, ValueError) as e:  # nested past the recursion limit, a huge integer
-                raise TraceFormatError(f"{path}:{lineno}: cannot decode the JSON ({type(e).__name__})") from None
+    try:
+        for lineno, row in iter_jsonl_rows(path, objects=False):
             if not isinstance(row, dict) or not (row.get("trace_id") or row.get("query")):
                 raise TraceFormatError(f"{path}:{lineno}: a feedback row needs a 'trace_id' or a 'query'")
             rows.append((lineno, row))
+    except JsonlError as e:
+        raise TraceFormatError(str(e)) from None
     return rows
 
 

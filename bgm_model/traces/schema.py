@@ -72,7 +72,7 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _opt_float(value: Any) -> float | None:
+def optional_float(value: Any) -> float | None:
     """A finite float, or ``None`` for a missing, non-numeric or non-finite (NaN, inf) score."""
     if value is None:
         return None
@@ -131,7 +131,7 @@ class TracePassage:
         return {
             DOC_ID: self.id,
             DOC_CONTENT: self.content,
-            DOC_SCORE: _opt_float(self.score),
+            DOC_SCORE: optional_float(self.score),
             DOC_METADATA: _json_safe(self.metadata),
         }
 
@@ -145,7 +145,7 @@ class TracePassage:
         return cls(
             id=None if pid is None else str(pid),
             content=str(data[DOC_CONTENT]),
-            score=_opt_float(data.get(DOC_SCORE)),
+            score=optional_float(data.get(DOC_SCORE)),
             metadata=_dict(data, DOC_METADATA, "passage "),
         )
 
@@ -168,7 +168,7 @@ class BridgeTrace:
             "ids": list(self.ids),
             # int(): numpy / torch integers are valid indices but not JSON-serialisable.
             "source_indices": [int(i) for i in self.source_indices],
-            "scores": [_opt_float(s) for s in self.scores],
+            "scores": [optional_float(s) for s in self.scores],
             "model": self.model,
         }
 
@@ -185,7 +185,7 @@ class BridgeTrace:
         return cls(
             ids=[None if i is None else str(i) for i in _list(data, "ids", "bridge ")],
             source_indices=indices,
-            scores=[_opt_float(s) for s in _list(data, "scores", "bridge ")],
+            scores=[optional_float(s) for s in _list(data, "scores", "bridge ")],
             model=_opt_str(data, "model", "bridge "),
         )
 
@@ -251,7 +251,7 @@ class Feedback:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "score": _opt_float(self.score),
+            "score": optional_float(self.score),
             "label": self.label,
             "comment": self.comment,
             "source": self.source,
@@ -264,7 +264,7 @@ class Feedback:
             raise TraceFormatError(f"feedback must be a JSON object, got {type(data).__name__}")
         label = data.get("label")
         return cls(
-            score=_opt_float(data.get("score")),
+            score=optional_float(data.get("score")),
             label=None if label is None else str(label),
             comment=_opt_str(data, "comment", "feedback "),
             source=_opt_str(data, "source", "feedback "),

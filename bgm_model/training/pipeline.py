@@ -5,7 +5,7 @@
     silver.jsonl      silver passage sequences (appended as found; an interrupted run resumes)
     sl/, rl/          trainer logs and checkpoints
     bridge_sl/        the bridge after supervised training
-    bridge/           the bridge after RL (absent when ``rl_steps == 0``); with ``validation_fraction`` the
+    bridge/           the bridge after RL (absent when ``rl.max_steps == 0``); with ``validation_fraction`` the
                       RL step (the SL start included) with the best validation reward
     rl_selection.json which RL step ``bridge/`` holds and the validation rewards it was chosen by
     sl_recipe.json    the SL part of the recipe and the silver data ``bridge_sl/`` was trained with
@@ -18,19 +18,25 @@ changes only the RL settings) starts RL again from the saved SL bridge instead o
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bgm_model.config import BridgeConfig
 from bgm_model.data import QAExample
 from bgm_model.modeling import BridgeModel
 from bgm_model.readers.base import Reader
+from bgm_model.training.base_config import JsonConfigMixin
+from bgm_model.training.rl_config import RLConfig
+from bgm_model.training.silver import SilverConfig
+from bgm_model.training.sl_config import SLConfig
 
 logger = logging.getLogger(__name__)
 
@@ -38,37 +44,127 @@ SELECTION_FILE = "rl_selection.json"
 SL_SELECTION_FILE = "sl_selection.json"
 
 
+C = TypeVar("C")
+
+
+def replace_config(config: C, changes: Mapping[str, Any]) -> C:
+    """A copy of the dataclass ``config`` with ``changes`` applied, nested ones included.
+
+    A mapping given for a field that holds a dataclass changes only the keys it names (``{"sl": {"num_epochs":
+    2}}`` keeps the recipe's other SL settings); unknown keys are dropped with a warning (forward compatible, as
+    PEFT's configs load). The changed config validates itself as a new one would.
+    """
+    known = {f.name for f in dataclasses.fields(config) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        logger.warning("Ignoring unknown %s keys %s (written by a newer bgm-bridge?)", type(config).__name__,
+                       unknown)
+    updates: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name not in known:
+            continue
+        current = getattr(config, name)
+        if dataclasses.is_dataclass(current) and not isinstance(current, type) and isinstance(value, Mapping):
+            value = replace_config(current, value)
+        updates[name] = value
+    return replace(config, **updates)  # type: ignore[type-var]
+
+
+def _recipe_bridge() -> BridgeConfig:
+    return BridgeConfig(max_passages=16, max_passage_tokens=96, relevance_prior=0.0, max_output_length=4)
+
+
+def _recipe_silver() -> SilverConfig:
+    return SilverConfig(max_length=2, top_m=4, secondary_extends=False)
+
+
+def _recipe_sl() -> SLConfig:
+    return SLConfig(num_epochs=8, learning_rate=1e-4, batch_size=8, soft_target_weight=0.0, freeze_encoder_layers=4)
+
+
+def _recipe_rl() -> RLConfig:
+    return RLConfig(max_steps=4, num_samples=4, batch_size=6, learning_rate=1e-5, eval_steps=0,
+                    freeze_encoder_layers=4)
+
+
+# What train_bridge decides itself for each stage (see BridgeRecipe.sl_config / rl_config), and settings it
+# does not use (SL evaluates with ``reward``; RL runs ``max_steps`` steps): no command-line flag sets them.
+_SL_DECIDED = ("output_dir", "dev_fraction", "resume", "seed", "eval_metric")
+_RL_DECIDED = ("output_dir", "dev_fraction", "resume", "seed", "reward", "num_epochs")
+
+
 @dataclass
-class BridgeRecipe:
-    """Sizes of the three training stages (defaults: the demo's, which fit a few minutes on 2 CPU cores).
+class BridgeRecipe(JsonConfigMixin):
+    """The three training stages composed: the bridge to warm-start, silver search, SL and RL settings.
+
+    Each stage keeps its own config class (:class:`~bgm_model.config.BridgeConfig`,
+    :class:`~bgm_model.training.silver.SilverConfig`, :class:`~bgm_model.training.sl_config.SLConfig`,
+    :class:`~bgm_model.training.rl_config.RLConfig`), so a field added to one of them is a recipe setting, a
+    ``bgm demo`` / quality-benchmark flag (``--sl-<field>``) and part of ``recipe.json`` without another edit.
+    Defaults: the demo's, which fit a few minutes on 2 CPU cores. ``rl.max_steps`` is the number of PPO
+    rollout steps (0 skips RL); the output folders, dev split, resume, seed and RL reward of the stages are
+    set by :func:`train_bridge` (:meth:`sl_config`, :meth:`rl_config`).
 
     ``validation_fraction`` > 0 holds that share of the training questions (seeded) out of silver search, SL
     and RL, and they choose what ships: SL evaluates the greedy bridge on them after every epoch and
     ``bridge_sl/`` is the best epoch (a bridge that fits noisy silver sequences ever more closely can get
-    worse on new questions); RL starts from it, evaluates at its start and every ``rl_eval_steps`` steps (0:
+    worse on new questions); RL starts from it, evaluates at its start and every ``rl.eval_steps`` steps (0:
     start and end only) and ``bridge/`` is the best of those, so RL never ships a bridge that did worse on
     the held-out questions than the SL bridge it started from.
+
+    Round-trips to JSON (:meth:`to_json` / :meth:`from_json`, nested, sorted); :meth:`from_dict` fills what a
+    file leaves out with these defaults, stage by stage.
     """
 
-    reward: str = "contains+0.5*f1"
-    silver_max_length: int = 2
-    silver_top_m: int | None = 4
-    silver_secondary_extends: bool = False
-    max_passages: int = 16
-    max_passage_tokens: int = 96
-    sl_epochs: int = 8
-    sl_learning_rate: float = 1e-4
-    sl_batch_size: int = 8
-    sl_soft_target_weight: float = 0.0
-    freeze_encoder_layers: int = 4
-    relevance_prior: float = 0.0
-    validation_fraction: float = 0.0
-    rl_steps: int = 4
-    rl_samples: int = 4
-    rl_batch_size: int = 6
-    rl_learning_rate: float = 1e-5
-    rl_eval_steps: int = 0
-    seed: int = 0
+    bridge: BridgeConfig = field(
+        default_factory=_recipe_bridge,
+        metadata={"help": "The bridge a warm start builds; max_passages grows to the most candidates of a "
+                  "training question and max_output_length to at least silver max_length + 1."},
+    )
+    silver: SilverConfig = field(
+        default_factory=_recipe_silver, metadata={"help": "Silver passage sequence search (the SL targets)."}
+    )
+    sl: SLConfig = field(
+        default_factory=_recipe_sl,
+        metadata={"help": "Supervised stage on the silver sequences.", "cli_exclude": _SL_DECIDED},
+    )
+    rl: RLConfig = field(
+        default_factory=_recipe_rl,
+        metadata={"help": "RL stage (PPO) against the frozen reader.", "cli_exclude": _RL_DECIDED,
+                  "cli_help": {"max_steps": "PPO rollout steps (0 skips RL)."}},
+    )
+    reward: str = field(
+        default="contains+0.5*f1",
+        metadata={"help": "Downstream reward of silver search, RL and the validation choices "
+                  "(bgm_model.rewards name or a weighted sum such as 'em+0.5*f1')."},
+    )
+    validation_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Share of the training questions held out of silver search, SL and RL to choose the "
+                  "SL epoch and the RL step by (the SL start included); 0: the last epoch and step are kept."},
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the warm start, the validation split, SL and RL."}
+    )
+
+    def bridge_config(self, max_passages: int = 0) -> BridgeConfig:
+        """The warm start's config: ``bridge`` with room for ``max_passages`` and the silver sequences."""
+        return replace(self.bridge, max_passages=max(self.bridge.max_passages, max_passages),
+                       max_output_length=max(self.bridge.max_output_length, self.silver.max_length + 1))
+
+    def sl_config(self, output_dir: str | os.PathLike[str]) -> SLConfig:
+        """``sl`` as :func:`train_bridge` runs it: in ``output_dir``, no dev split of its own, no resume."""
+        return replace(self.sl, output_dir=str(output_dir), dev_fraction=0.0, resume=False, seed=self.seed)
+
+    def rl_config(self, output_dir: str | os.PathLike[str]) -> RLConfig:
+        """``rl`` as :func:`train_bridge` runs it: also with the recipe's ``reward``."""
+        return replace(self.rl, output_dir=str(output_dir), dev_fraction=0.0, resume=False, seed=self.seed,
+                       reward=self.reward)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BridgeRecipe:  # type: ignore[override]
+        """A recipe from its dict form; missing keys keep the defaults, unknown keys are dropped with a warning."""
+        return replace_config(cls(), data)
 
 
 @dataclass
@@ -108,15 +204,10 @@ def warm_start_bridge(recipe: BridgeRecipe, max_passages: int = 0) -> BridgeMode
     The warm start initialises new weights (cross-attention, ID embeddings) at random; they are seeded with
     ``recipe.seed`` so the same command trains the same bridge whatever ran before it in the process.
     """
-    from bgm_model.training._common import seed_everything
+    from bgm_model.training.base_trainer import seed_everything
 
     seed_everything(recipe.seed)
-    return BridgeModel.from_encoder(config=BridgeConfig(
-        max_passages=max(recipe.max_passages, max_passages),
-        max_passage_tokens=recipe.max_passage_tokens,
-        relevance_prior=recipe.relevance_prior,
-        max_output_length=max(4, recipe.silver_max_length + 1),
-    ))
+    return BridgeModel.from_encoder(config=recipe.bridge_config(max_passages))
 
 
 def _silver_digest(path: Path) -> str:
@@ -137,11 +228,10 @@ def train_bridge(
     ``bridge`` is the model to train (default: a MiniLM warm start sized by ``recipe``); it is trained in place.
     """
     from bgm_model.rewards import get_reward
-    from bgm_model.training._common import BEST_DIR, split_dev
-    from bgm_model.training.rl_config import RLConfig
+    from bgm_model.training.checkpoints import BEST_DIR
+    from bgm_model.training.examples import split_dev
     from bgm_model.training.rl_trainer import RLTrainer
-    from bgm_model.training.silver import SilverConfig, read_silver, synthesize_to_file
-    from bgm_model.training.sl_config import SLConfig
+    from bgm_model.training.silver import read_silver, synthesize_to_file
     from bgm_model.training.sl_trainer import SLTrainer
 
     if not train_examples:
@@ -162,9 +252,7 @@ def train_bridge(
     t = time.perf_counter()
     silver_path = out / "silver.jsonl"
     stats = synthesize_to_file(
-        fit, reader, silver_path, reward=reward, set_aside_mismatched=True,
-        config=SilverConfig(max_length=recipe.silver_max_length, top_m=recipe.silver_top_m,
-                            secondary_extends=recipe.silver_secondary_extends),
+        fit, reader, silver_path, reward=reward, set_aside_mismatched=True, config=recipe.silver,
     )
     wanted = {ex.id for ex in fit}
     silver = [s for s in read_silver(silver_path) if s.id in wanted]
@@ -173,10 +261,10 @@ def train_bridge(
                 len(silver), stats.reader_calls, stats.naive_reader_calls)
 
     sl_dir, rl_dir = out / "bridge_sl", out / "bridge"
-    stamp = {"recipe": asdict(recipe), "silver": _silver_digest(silver_path), "examples": sorted(wanted),
+    stamp = {"recipe": recipe.to_dict(), "silver": _silver_digest(silver_path), "examples": sorted(wanted),
              "validation": sorted(ex.id for ex in validation)}
     stamp_path = out / "recipe.json"
-    wants_rl = recipe.rl_steps > 0
+    wants_rl = recipe.rl.max_steps > 0
     if (reuse and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp
             and (sl_dir / "config.json").exists() and (not wants_rl or (rl_dir / "config.json").exists())):
         logger.info("reusing the bridges trained with this recipe and silver data in %s", out)
@@ -189,7 +277,7 @@ def train_bridge(
     (out / SELECTION_FILE).unlink(missing_ok=True)
 
     # RL settings do not change the SL bridge, so its stamp leaves them out.
-    sl_stamp = {**stamp, "recipe": {k: v for k, v in stamp["recipe"].items() if not k.startswith("rl_")}}
+    sl_stamp = {**stamp, "recipe": {k: v for k, v in stamp["recipe"].items() if k != "rl"}}
     sl_stamp_path = out / "sl_recipe.json"
     t = time.perf_counter()
     if (reuse and sl_stamp_path.exists() and json.loads(sl_stamp_path.read_text()) == sl_stamp
@@ -208,10 +296,7 @@ def train_bridge(
             bridge = warm_start_bridge(recipe, max(len(ex.passages) for ex in train_examples))
         sl_result = SLTrainer(
             bridge,
-            SLConfig(output_dir=str(out / "sl"), num_epochs=recipe.sl_epochs, learning_rate=recipe.sl_learning_rate,
-                     batch_size=recipe.sl_batch_size, dev_fraction=0.0, resume=False, seed=recipe.seed,
-                     soft_target_weight=recipe.sl_soft_target_weight,
-                     freeze_encoder_layers=recipe.freeze_encoder_layers),
+            recipe.sl_config(out / "sl"),
             train_data=silver,
             **({"dev_data": validation, "reader": reader, "reward": reward} if validation else {}),
         ).train()
@@ -223,7 +308,7 @@ def train_bridge(
             sl_selection = {"kept_epoch": kept, "validation_questions": len(validation),
                             "validation_reward": {str(k): v for k, v in rewards.items()}}
             logger.info("SL: keeping epoch %d of %d (validation reward %.4f; the last epoch: %.4f)",
-                        kept, recipe.sl_epochs, rewards[kept], rewards[max(rewards)])
+                        kept, recipe.sl.num_epochs, rewards[kept], rewards[max(rewards)])
             bridge.load_state_dict(BridgeModel.from_pretrained(out / "sl" / BEST_DIR).state_dict())
             (out / SL_SELECTION_FILE).write_text(json.dumps(sl_selection, indent=2))
         bridge.save_pretrained(sl_dir)
@@ -235,10 +320,7 @@ def train_bridge(
         t = time.perf_counter()
         result = RLTrainer(
             bridge,
-            RLConfig(output_dir=str(out / "rl"), max_steps=recipe.rl_steps, num_samples=recipe.rl_samples,
-                     batch_size=recipe.rl_batch_size, learning_rate=recipe.rl_learning_rate, dev_fraction=0.0,
-                     resume=False, seed=recipe.seed, reward=recipe.reward,
-                     freeze_encoder_layers=recipe.freeze_encoder_layers, eval_steps=recipe.rl_eval_steps),
+            recipe.rl_config(out / "rl"),
             train_data=fit, reader=reader, reward=reward, dev_data=validation or None,
         ).train()
         if validation:
@@ -246,14 +328,14 @@ def train_bridge(
             selection = {"kept_step": result.best_step, "validation_questions": len(validation),
                          "validation_reward": {str(e["step"]): e["dev_reward"] for e in result.evaluations}}
             logger.info("RL: keeping step %d of %d (validation reward %.4f; the SL start: %.4f)",
-                        result.best_step, recipe.rl_steps, result.best_metric,
+                        result.best_step, recipe.rl.max_steps, result.best_metric,
                         result.evaluations[0]["dev_reward"])
             # The caller's model ends with the weights that ship, as it does without a validation set.
             bridge.load_state_dict(BridgeModel.from_pretrained(out / "rl" / BEST_DIR).state_dict())
         bridge.save_pretrained(rl_dir)
         seconds["RL"] = time.perf_counter() - t
     else:
-        logger.info("RL skipped (rl_steps=0)")
+        logger.info("RL skipped (rl.max_steps=0)")
     if selection is not None:
         (out / SELECTION_FILE).write_text(json.dumps(selection, indent=2))
     stamp_path.write_text(json.dumps(stamp, indent=2))

@@ -3,26 +3,65 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-from ._common import TrainConfigMixin, check_positive
+from .base_config import BaseTrainConfig, check_positive, override
 
 __all__ = ["RLConfig"]
 
 
 @dataclass
-class RLConfig(TrainConfigMixin):
+class RLConfig(BaseTrainConfig):
     """PPO on the bridge with a group-mean baseline and a KL penalty to the frozen SL reference.
 
+    The shared settings come from :class:`~bgm_model.training.base_config.BaseTrainConfig`; ``override``
+    re-declares those whose default or help text differs here, the fields after them are this stage's own.
     Round-trips to JSON (:meth:`to_json` / :meth:`from_json`); every field's help text feeds ``bgm train rl``.
     """
 
-    output_dir: str = field(
+    output_dir: str = override(
+        "output_dir",
         default="bgm-rl",
-        metadata={
-            "help": "Directory for checkpoint/ (resume state), best/ and final/ bridges, log.jsonl and "
-            "rl_config.json."
-        },
+        help="Directory for checkpoint/ (resume state), best/ and final/ bridges, log.jsonl and "
+        "rl_config.json.",
+    )
+    learning_rate: float = override("learning_rate", default=1e-5)
+    num_epochs: int = override(
+        "num_epochs", default=1, help="Passes over the training queries (one rollout per query and pass)."
+    )
+    batch_size: int = override("batch_size", default=8, help="Queries per rollout step on each process.")
+    max_steps: int = override(
+        "max_steps",
+        default=0,
+        help="Number of rollout steps; overrides num_epochs when > 0 (the query stream wraps around into "
+        "further epochs).",
+    )
+    warmup_ratio: float = override(
+        "warmup_ratio", default=0.0, help="Fraction of optimizer steps with linear warm-up."
+    )
+    weight_decay: float = override("weight_decay", default=0.0)
+    freeze_encoder_layers: int = override(
+        "freeze_encoder_layers",
+        default=0,
+        help="Keep the encoder's embeddings and its first N layers fixed (0: train everything); use the SL "
+        "stage's value.",
+    )
+    seed: int = override("seed", default=42, help="Seed of the dev split, query order and sampling.")
+    dev_fraction: float = override(
+        "dev_fraction",
+        default=0.0,
+        help="Fraction of the queries held out for dev evaluation when no dev set is given (deterministic by "
+        "seed).",
+    )
+    max_eval_examples: int = override(
+        "max_eval_examples", default=0, help="Evaluate on at most this many dev queries (0 = all)."
+    )
+    logging_steps: int = override(
+        "logging_steps", default=1, help="Log metrics every this many rollout steps."
+    )
+    save_steps: int = override(
+        "save_steps",
+        default=50,
+        help="Write the resume checkpoint every this many steps (0 = only at the end).",
     )
     reward: str = field(
         default="em",
@@ -31,18 +70,6 @@ class RLConfig(TrainConfigMixin):
             "such as 'em+0.5*f1')."
         },
     )
-    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate of AdamW."})
-    num_epochs: int = field(
-        default=1, metadata={"help": "Passes over the training queries (one rollout per query and pass)."}
-    )
-    max_steps: int = field(
-        default=0,
-        metadata={
-            "help": "Number of rollout steps; overrides num_epochs when > 0 (the query stream "
-            "wraps around into further epochs)."
-        },
-    )
-    batch_size: int = field(default=8, metadata={"help": "Queries per rollout step on each process."})
     num_samples: int = field(
         default=4,
         metadata={
@@ -71,26 +98,6 @@ class RLConfig(TrainConfigMixin):
             "subtracting the group mean."
         },
     )
-    warmup_ratio: float = field(
-        default=0.0, metadata={"help": "Fraction of optimizer steps with linear warm-up."}
-    )
-    weight_decay: float = field(
-        default=0.0, metadata={"help": "AdamW weight decay (not on biases/LayerNorm)."}
-    )
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clipping; 0 disables it."})
-    freeze_encoder_layers: int = field(
-        default=0,
-        metadata={"help": "Keep the encoder's embeddings and its first N layers fixed (0: train everything); "
-                  "use the SL stage's value."},
-    )
-    seed: int = field(default=42, metadata={"help": "Seed of the dev split, query order and sampling."})
-    dev_fraction: float = field(
-        default=0.0,
-        metadata={
-            "help": "Fraction of the queries held out for dev evaluation when no dev set is "
-            "given (deterministic by seed)."
-        },
-    )
     eval_steps: int = field(
         default=0,
         metadata={
@@ -105,56 +112,12 @@ class RLConfig(TrainConfigMixin):
             "best/, so best/ is never worse on dev than where RL began."
         },
     )
-    eval_batch_size: int = field(default=16, metadata={"help": "Queries per bridge call during evaluation."})
-    max_eval_examples: int = field(
-        default=0, metadata={"help": "Evaluate on at most this many dev queries (0 = all)."}
-    )
-    logging_steps: int = field(default=1, metadata={"help": "Log metrics every this many rollout steps."})
-    save_steps: int = field(
-        default=50,
-        metadata={"help": "Write the resume checkpoint every this many steps (0 = only at the end)."},
-    )
-    resume: bool = field(
-        default=True,
-        metadata={"help": "Continue from output_dir/checkpoint if it exists (same data and seed)."},
-    )
-    mixed_precision: Literal["no", "fp16", "bf16"] = field(
-        default="no", metadata={"help": "accelerate mixed precision on GPU."}
-    )
 
     def __post_init__(self) -> None:
-        check_positive(
-            self,
-            "learning_rate",
-            "num_epochs",
-            "batch_size",
-            "num_samples",
-            "temperature",
-            "ppo_epochs",
-            "mini_batch_size",
-            "clip_range",
-            "eval_batch_size",
-            "logging_steps",
-        )
-        check_positive(
-            self,
-            "max_steps",
-            "freeze_encoder_layers",
-            "kl_coef",
-            "weight_decay",
-            "max_grad_norm",
-            "eval_steps",
-            "max_eval_examples",
-            "save_steps",
-            allow_zero=True,
-        )
+        super().__post_init__()
+        check_positive(self, "num_samples", "temperature", "ppo_epochs", "mini_batch_size", "clip_range")
+        check_positive(self, "kl_coef", "eval_steps", allow_zero=True)
         if self.num_samples < 2:
             raise ValueError(
                 "RLConfig.num_samples must be >= 2: the baseline is the mean of a query's samples"
             )
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"RLConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if not 0 <= self.dev_fraction < 1:
-            raise ValueError(f"RLConfig.dev_fraction must be in [0, 1), got {self.dev_fraction}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"RLConfig.mixed_precision must be no/fp16/bf16, got {self.mixed_precision!r}")

@@ -47,31 +47,9 @@ import torch
 from bgm_model.modeling import BridgeModel
 from bgm_model.rewards import reward_name
 
-from ._common import (
-    BEST_DIR,
-    FINAL_DIR,
-    LOG_FILE,
-    Callback,
-    JsonlLog,
-    TrainExample,
-    as_train_examples,
-    check_fits,
-    check_resume_fingerprint,
-    epoch_order,
-    evaluate_bridge,
-    find_checkpoint,
-    linear_schedule,
-    load_trainer_state,
-    load_weights_into,
-    make_accelerator,
-    make_optimizer,
-    progress,
-    run_fingerprint,
-    save_bridge_atomically,
-    save_checkpoint,
-    seed_everything,
-    split_dev,
-)
+from .base_trainer import BaseTrainer, TrainPlan, TrainRun
+from .examples import TrainExample, as_train_examples, epoch_order, split_dev
+from .logs import Callback
 from .rl_config import RLConfig
 
 logger = logging.getLogger(__name__)
@@ -129,7 +107,7 @@ def ppo_loss(
     return loss, stats
 
 
-class RLTrainer:
+class RLTrainer(BaseTrainer[RLConfig, RLResult]):
     """PPO trainer for the bridge (see the module docstring for the algorithm).
 
     Args:
@@ -143,7 +121,12 @@ class RLTrainer:
         dev_data: held-out queries for greedy evaluation; ``None`` splits ``config.dev_fraction`` off.
         ref_model: the frozen reference of the KL penalty; defaults to a copy of ``bridge`` as given.
         callbacks: called after each rollout step with its record; an exception stops training.
+
+    Set-up, resume, checkpoints, keep-best and the final save are :class:`BaseTrainer`'s; this class adds the
+    rollout, the PPO update and the step loop.
     """
+
+    stage = "rl"
 
     def __init__(
         self,
@@ -158,12 +141,10 @@ class RLTrainer:
     ) -> None:
         from bgm_model.rewards import get_reward
 
-        self.bridge = bridge
-        self.config = config if config is not None else RLConfig()
+        config = config if config is not None else RLConfig()
         if reader is None:
             raise ValueError("RLTrainer needs a reader: the reward is the score of the reader's answer")
-        self.reader = reader
-        self.reward = reward if callable(reward) else get_reward(reward or self.config.reward)
+        reward = reward if callable(reward) else get_reward(reward or config.reward)
         # RL needs no targets: silver records can be passed as they are, their ids are ignored.
         examples = [
             dataclasses.replace(e, ids=None)
@@ -175,31 +156,20 @@ class RLTrainer:
         if not labelled:
             raise ValueError("train_data has no queries with gold answers: RL needs them to compute rewards")
         if dev_data is None:
-            self.train_data, self.dev_data = split_dev(labelled, self.config.dev_fraction, self.config.seed)
+            train, dev = split_dev(labelled, config.dev_fraction, config.seed)
         else:
-            self.train_data = labelled
-            self.dev_data = [
+            train = labelled
+            dev = [
                 dataclasses.replace(e, ids=None)
                 for e in as_train_examples(dev_data, need_ids=False, what="dev_data")
             ]
-        check_fits(bridge, self.train_data, "train_data")
-        check_fits(bridge, self.dev_data, "dev_data")
-        if self.config.freeze_encoder_layers:
-            bridge.freeze_encoder_layers(self.config.freeze_encoder_layers)
+        super().__init__(bridge, config, train, dev, reader=reader, reward=reward, callbacks=callbacks)
         self.ref_model: BridgeModel | None = None
-        if self.config.kl_coef > 0:
+        if config.kl_coef > 0:
             self.ref_model = ref_model if ref_model is not None else copy.deepcopy(bridge)
             self.ref_model.eval().requires_grad_(False)
-        self.callbacks = list(callbacks)
-        self.accelerator = make_accelerator(self.config.mixed_precision)
-        self.output_dir = Path(self.config.output_dir)
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _info(self, msg: str, *args: Any) -> None:
-        # Every process runs the same loop; only the main one reports.
-        if self.accelerator.is_main_process:
-            logger.info(msg, *args)
-
     def _queries_for_step(self, step: int) -> list[TrainExample]:
         # A stream over epochs of seeded permutations: positions depend on the step only, so resume is exact.
         cfg, acc = self.config, self.accelerator
@@ -216,20 +186,6 @@ class RLTrainer:
 
     def _step_seed(self, step: int) -> int:
         return (self.config.seed * 1_000_003 + step) * 1009 + self.accelerator.process_index
-
-    def evaluate(self, examples: Sequence[TrainExample] | None = None) -> dict[str, float]:
-        """Greedy dev metrics, ``reward`` being the mean downstream reward (see :func:`evaluate_bridge`)."""
-        examples = self.dev_data if examples is None else examples
-        if self.config.max_eval_examples:
-            examples = list(examples)[: self.config.max_eval_examples]
-        return evaluate_bridge(
-            self.accelerator,
-            self.bridge,
-            examples,
-            reader=self.reader,
-            reward=self.reward,
-            batch_size=self.config.eval_batch_size,
-        )
 
     def _rollout(self, step: int) -> dict[str, Any]:
         """Sample, answer (one reader call), reward and baseline for one step's queries."""
@@ -280,73 +236,49 @@ class RLTrainer:
         return out
 
     # ------------------------------------------------------------------------------------------ training
-    def train(self) -> RLResult:
-        cfg, acc = self.config, self.accelerator
-        seed_everything(cfg.seed)
-        out = self.output_dir
-        if acc.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            cfg.to_json(out / "rl_config.json")
-        acc.wait_for_everyone()
-        log = JsonlLog(out / LOG_FILE, acc.is_main_process)
-
-        checkpoint = find_checkpoint(out) if cfg.resume else None
-        if checkpoint is not None:
-            load_weights_into(self.bridge, checkpoint)
-        else:
-            log.set_aside()
-        if self.ref_model is not None:
-            self.ref_model.to(acc.device)
-
-        world = acc.num_processes
+    def _plan(self) -> TrainPlan:
+        cfg, world = self.config, self.accelerator.num_processes
         steps_per_epoch = math.ceil(len(self.train_data) / (cfg.batch_size * world))
         total_steps = steps_per_epoch * cfg.num_epochs
         if cfg.max_steps:
             total_steps = cfg.max_steps
         n_seq = cfg.batch_size * cfg.num_samples
         updates_per_step = cfg.ppo_epochs * math.ceil(n_seq / cfg.mini_batch_size)
-        optimizer = make_optimizer(self.bridge, cfg.learning_rate, cfg.weight_decay)
-        total_updates = total_steps * updates_per_step
-        scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_updates), total_updates)
-        model, optimizer = acc.prepare(self.bridge, optimizer)
-
-        state: dict[str, Any] = {"global_step": 0, "best_metric": None, "best_step": None, "evaluations": []}
-        fingerprint = run_fingerprint(
-            cfg, self.bridge, self.train_data, self.dev_data, reward=reward_name(self.reward)
+        summary = (
+            f"RL: {len(self.train_data)} train / {len(self.dev_data)} dev queries, {total_steps} steps x "
+            f"{cfg.num_samples} samples/query, {world} process(es)"
         )
-        state["fingerprint"] = fingerprint
-        if checkpoint is not None:
-            saved_state = load_trainer_state(acc, checkpoint, optimizer, scheduler)
-            check_resume_fingerprint(saved_state.get("fingerprint"), fingerprint, checkpoint)
-            state.update(saved_state)
-            self._info("Resuming RL from %s (step %d)", checkpoint, state["global_step"])
+        return TrainPlan(total_steps, optimizer_steps=total_steps * updates_per_step, summary=summary)
 
-        self._info(
-            "RL: %d train / %d dev queries, %d steps x %d samples/query, %d process(es)",
-            len(self.train_data),
-            len(self.dev_data),
-            total_steps,
-            cfg.num_samples,
-            world,
+    def _fingerprint_extra(self) -> dict[str, Any]:
+        return {"reward": reward_name(self.reward)}
+
+    def _selection_key(self, metrics: dict[str, float]) -> tuple[float]:
+        return (metrics["reward"],)
+
+    def _result(self, state: dict[str, Any]) -> RLResult:
+        return RLResult(
+            state["global_step"], state["best_metric"], state.get("best_step"), self.output_dir,
+            list(state["evaluations"]),
         )
-        bar = progress(total_steps, state["global_step"], acc.is_main_process, "RL")
-        model.eval()  # no dropout: sampling and the recomputed log-probs must be the same distribution
+
+    def _run(self, run: TrainRun) -> None:
+        cfg, state, total_steps = self.config, run.state, run.total_steps
+        if self.ref_model is not None:
+            self.ref_model.to(self.accelerator.device)
+        run.model.eval()  # no dropout: sampling and the recomputed log-probs must be the same distribution
         if self.dev_data and cfg.eval_at_start and state["global_step"] == 0:
-            # The start (normally the SL bridge) is a candidate too: RL that does not help ships nothing worse.
-            self._evaluate_and_keep_best(state, log)
-
-        def checkpoint_now() -> None:
-            state.update(num_processes=world, seed=cfg.seed)
-            save_checkpoint(acc, acc.unwrap_model(model), out, state, optimizer, scheduler)
-
+            # The start (normally the SL bridge) is a candidate too: RL that does not help ships nothing
+            # worse.
+            self._evaluate_and_keep_best(run)
         while state["global_step"] < total_steps:
             step = state["global_step"]
-            record = self._train_step(step, model, optimizer, scheduler)
+            record = self._train_step(step, run.model, run.optimizer, run.scheduler)
             state["global_step"] = step + 1
-            bar.update(1)
-            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.4f}")
+            run.bar.update(1)
+            run.bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.4f}")
             if (step + 1) % cfg.logging_steps == 0 or step + 1 == total_steps:
-                log.write(record)
+                run.log.write(record)
                 self._info(
                     "RL step %d: reward %.4f kl %.4f entropy %.3f length %.2f clip %.3f",
                     step + 1,
@@ -356,20 +288,12 @@ class RLTrainer:
                     record["length"],
                     record["clip_frac"],
                 )
-            for cb in self.callbacks:
-                cb(record)
+            self._call_back(record)
             last = step + 1 == total_steps
             if self.dev_data and ((cfg.eval_steps and (step + 1) % cfg.eval_steps == 0) or last):
-                self._evaluate_and_keep_best(state, log)
+                self._evaluate_and_keep_best(run)
             if last or (cfg.save_steps and (step + 1) % cfg.save_steps == 0):
-                checkpoint_now()
-        bar.close()
-        if acc.is_main_process:
-            save_bridge_atomically(acc.unwrap_model(model), out / FINAL_DIR)
-        acc.wait_for_everyone()
-        return RLResult(
-            state["global_step"], state["best_metric"], state.get("best_step"), out, list(state["evaluations"])
-        )
+                self._checkpoint_now(run)
 
     def _train_step(self, step: int, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
         cfg, acc, device = self.config, self.accelerator, self.accelerator.device
@@ -441,23 +365,3 @@ class RLTrainer:
         record: dict[str, Any] = {"stage": "rl", "step": step + 1, "lr": scheduler.get_last_lr()[0]}
         record.update({k: float(v) for k, v in zip(keys, values.tolist())})
         return record
-
-    def _evaluate_and_keep_best(self, state: dict[str, Any], log: JsonlLog) -> None:
-        metrics = self.evaluate()
-        record = {
-            "stage": "rl",
-            "event": "eval",
-            "step": state["global_step"],
-            **{f"dev_{k}": v for k, v in metrics.items()},
-        }
-        log.write(record)
-        state["evaluations"].append(
-            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
-        )
-        self._info("RL step %d dev reward %.4f", state["global_step"], metrics["reward"])
-        if state["best_metric"] is None or metrics["reward"] > state["best_metric"]:
-            state["best_metric"] = metrics["reward"]
-            state["best_step"] = state["global_step"]
-            if self.accelerator.is_main_process:
-                save_bridge_atomically(self.accelerator.unwrap_model(self.bridge), self.output_dir / BEST_DIR)
-            self.accelerator.wait_for_everyone()

@@ -34,32 +34,9 @@ import torch
 
 from bgm_model.modeling import BridgeModel
 
-from ._common import (
-    BEST_DIR,
-    FINAL_DIR,
-    LOG_FILE,
-    Callback,
-    JsonlLog,
-    TrainExample,
-    as_train_examples,
-    check_fits,
-    check_resume_fingerprint,
-    epoch_order,
-    evaluate_bridge,
-    find_checkpoint,
-    global_batches,
-    linear_schedule,
-    load_trainer_state,
-    load_weights_into,
-    make_accelerator,
-    make_optimizer,
-    progress,
-    run_fingerprint,
-    save_bridge_atomically,
-    save_checkpoint,
-    seed_everything,
-    split_dev,
-)
+from .base_trainer import BaseTrainer, TrainPlan, TrainRun
+from .examples import TrainExample, as_train_examples, epoch_order, global_batches, split_dev
+from .logs import Callback
 from .sl_config import SLConfig
 
 logger = logging.getLogger(__name__)
@@ -105,7 +82,7 @@ def soft_step_log_probs(
     return (target * safe).sum(-1).masked_fill(~mask, 0.0)
 
 
-class SLTrainer:
+class SLTrainer(BaseTrainer[SLConfig, SLResult]):
     """Teacher-forcing trainer for a :class:`~bgm_model.BridgeModel` on silver passage sequences.
 
     Args:
@@ -118,7 +95,12 @@ class SLTrainer:
             metric (reward of the reader's answer on the bridge's greedy passage sequence).
         reward: a reward callable or name; defaults to ``config.eval_metric``.
         callbacks: called after each optimizer step with that step's record; an exception stops training.
+
+    Set-up, resume, checkpoints, keep-best and the final save are :class:`BaseTrainer`'s; this class adds the
+    teacher-forcing step, the epoch loop and the dev selection key.
     """
+
+    stage = "sl"
 
     def __init__(
         self,
@@ -130,41 +112,25 @@ class SLTrainer:
         reward: Any = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
-        self.bridge = bridge
-        self.config = config if config is not None else SLConfig()
+        config = config if config is not None else SLConfig()
         examples = as_train_examples(train_data, need_ids=True, what="train_data")
         if not examples:
             raise ValueError("train_data is empty: SL training needs silver passage sequences")
         if dev_data is None:
-            self.train_data, self.dev_data = split_dev(examples, self.config.dev_fraction, self.config.seed)
+            train, dev = split_dev(examples, config.dev_fraction, config.seed)
         else:
-            self.train_data = examples
-            self.dev_data = as_train_examples(dev_data, need_ids=reader is None, what="dev_data")
-        check_fits(bridge, self.train_data, "train_data")
-        check_fits(bridge, self.dev_data, "dev_data")
-        if self.config.soft_target_weight > 0:
-            self.train_data = self._with_soft_targets(train_data, self.train_data)
-        if self.config.freeze_encoder_layers:
-            frozen = bridge.freeze_encoder_layers(self.config.freeze_encoder_layers)
-            logger.info("SL: froze the encoder's embeddings and first %d layers (%d parameters)",
-                        self.config.freeze_encoder_layers, frozen)
-        self.reader = reader
+            train, dev = examples, as_train_examples(dev_data, need_ids=reader is None, what="dev_data")
         if reader is not None:
             from bgm_model.rewards import get_reward
 
-            self.reward = get_reward(reward or self.config.eval_metric) if not callable(reward) else reward
+            reward = get_reward(reward or config.eval_metric) if not callable(reward) else reward
         else:
-            self.reward = None
-        self.callbacks = list(callbacks)
-        self.accelerator = make_accelerator(self.config.mixed_precision)
-        self.output_dir = Path(self.config.output_dir)
+            reward = None
+        super().__init__(bridge, config, train, dev, reader=reader, reward=reward, callbacks=callbacks)
+        if config.soft_target_weight > 0:
+            self.train_data = self._with_soft_targets(train_data, self.train_data)
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _info(self, msg: str, *args: Any) -> None:
-        # Every process runs the same loop; only the main one reports.
-        if self.accelerator.is_main_process:
-            logger.info(msg, *args)
-
     def _with_soft_targets(self, raw: Sequence[Any], examples: list[TrainExample]) -> list[TrainExample]:
         """Attach ``step_targets`` to the training examples whose silver record has search scans."""
         from .silver import SilverSequence, step_targets
@@ -204,20 +170,6 @@ class SLTrainer:
             return -lp.sum() / mask.sum()
         return -lp.sum(-1).mean()
 
-    def evaluate(self, examples: Sequence[TrainExample] | None = None) -> dict[str, float]:
-        """Dev metrics (see :func:`evaluate_bridge`); ``examples`` default to the dev set."""
-        examples = self.dev_data if examples is None else examples
-        if self.config.max_eval_examples:
-            examples = list(examples)[: self.config.max_eval_examples]
-        return evaluate_bridge(
-            self.accelerator,
-            self.bridge,
-            examples,
-            reader=self.reader,
-            reward=self.reward,
-            batch_size=self.config.eval_batch_size,
-        )
-
     def _selection_key(self, metrics: dict[str, float]) -> tuple[float, float]:
         # Higher is better; ties on the main metric go to the lower dev loss.
         main = metrics["reward"] if self.reader is not None else metrics["seq_acc"]
@@ -225,73 +177,41 @@ class SLTrainer:
         return (main if not math.isnan(main) else -math.inf, -loss if not math.isnan(loss) else -math.inf)
 
     # ------------------------------------------------------------------------------------------ training
-    def train(self) -> SLResult:
-        cfg, acc = self.config, self.accelerator
-        seed_everything(cfg.seed)
-        out = self.output_dir
-        if acc.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            cfg.to_json(out / "sl_config.json")
-        acc.wait_for_everyone()
-        log = JsonlLog(out / LOG_FILE, acc.is_main_process)
-
-        checkpoint = find_checkpoint(out) if cfg.resume else None
-        if checkpoint is not None:
-            load_weights_into(self.bridge, checkpoint)
-        else:
-            log.set_aside()
-
-        world, rank = acc.num_processes, acc.process_index
+    def _plan(self) -> TrainPlan:
+        cfg, world = self.config, self.accelerator.num_processes
         micro_per_epoch = math.ceil(len(self.train_data) / (cfg.batch_size * world))
         steps_per_epoch = math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps)
         total_steps = steps_per_epoch * cfg.num_epochs
         if cfg.max_steps:
             total_steps = min(total_steps, cfg.max_steps)
-        optimizer = make_optimizer(self.bridge, cfg.learning_rate, cfg.weight_decay)
-        scheduler = linear_schedule(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-        model, optimizer = acc.prepare(self.bridge, optimizer)
-
-        state: dict[str, Any] = {
-            "epoch": 0,
-            "micro_in_epoch": 0,
-            "global_step": 0,
-            "best_key": None,
-            "best_metric": None,
-            "evaluations": [],
-        }
-        fingerprint = run_fingerprint(cfg, self.bridge, self.train_data, self.dev_data)
-        state["fingerprint"] = fingerprint
-        if checkpoint is not None:
-            saved_state = load_trainer_state(acc, checkpoint, optimizer, scheduler)
-            check_resume_fingerprint(saved_state.get("fingerprint"), fingerprint, checkpoint)
-            state.update(saved_state)
-            self._info(
-                "Resuming SL from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["global_step"]
-            )
-            if state.get("num_processes", world) != world:
-                logger.warning(
-                    "Checkpoint written by %s processes, resumed with %d: the data order differs",
-                    state.get("num_processes"),
-                    world,
-                )
-
-        self._info(
-            "SL: %d train / %d dev records, %d optimizer steps (%d per epoch), %d process(es)",
-            len(self.train_data),
-            len(self.dev_data),
-            total_steps,
-            steps_per_epoch,
-            world,
+        summary = (
+            f"SL: {len(self.train_data)} train / {len(self.dev_data)} dev records, {total_steps} optimizer "
+            f"steps ({steps_per_epoch} per epoch), {world} process(es)"
         )
-        bar = progress(total_steps, state["global_step"], acc.is_main_process, "SL")
+        return TrainPlan(total_steps=total_steps, optimizer_steps=total_steps, summary=summary)
+
+    def _initial_state(self) -> dict[str, Any]:
+        return {**super()._initial_state(), "epoch": 0, "micro_in_epoch": 0}
+
+    def _position(self, state: dict[str, Any]) -> str:
+        return f"epoch {state['epoch']}, step {state['global_step']}"
+
+    def _result(self, state: dict[str, Any]) -> SLResult:
+        return SLResult(
+            global_step=state["global_step"],
+            epochs_completed=state["epoch"],
+            best_metric=state["best_metric"],
+            output_dir=self.output_dir,
+            evaluations=list(state["evaluations"]),
+        )
+
+    def _run(self, run: TrainRun) -> None:
+        cfg, acc, state = self.config, self.accelerator, run.state
+        model, optimizer, scheduler, total_steps = run.model, run.optimizer, run.scheduler, run.total_steps
+        world, rank = acc.num_processes, acc.process_index
         model.train()
         window: list[float] = []
         stop = state["global_step"] >= total_steps
-
-        def checkpoint_now(epoch: int, micro: int) -> None:
-            state.update(epoch=epoch, micro_in_epoch=micro, num_processes=world, seed=cfg.seed)
-            save_checkpoint(acc, acc.unwrap_model(model), out, state, optimizer, scheduler)
-
         while not stop and state["epoch"] < cfg.num_epochs:
             epoch = state["epoch"]
             order = epoch_order(len(self.train_data), cfg.seed, epoch)
@@ -313,7 +233,7 @@ class SLTrainer:
                 optimizer.zero_grad(set_to_none=True)
                 state["global_step"] += 1
                 step = state["global_step"]
-                bar.update(1)
+                run.bar.update(1)
                 record: dict[str, Any] = {
                     "stage": "sl",
                     "step": step,
@@ -327,57 +247,21 @@ class SLTrainer:
                     mean_loss = acc.reduce(torch.tensor(sum(window) / len(window), device=acc.device), "mean")
                     record["loss"] = float(mean_loss)
                     window.clear()
-                    log.write(record)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                    run.log.write(record)
+                    run.bar.set_postfix(loss=f"{record['loss']:.4f}")
                     self._info("SL step %d: loss %.4f lr %.2e", step, record["loss"], record["lr"])
-                for cb in self.callbacks:
-                    cb(record)
+                self._call_back(record)
                 micro_done = start + len(group)
                 if step >= total_steps:
                     stop = micro_done < len(batches)  # mid-epoch stop: no epoch-end evaluation
                     if stop:
-                        checkpoint_now(epoch, micro_done)
+                        self._checkpoint_now(run, epoch=epoch, micro_in_epoch=micro_done)
                         break
                 if cfg.save_steps and step % cfg.save_steps == 0 and micro_done < len(batches):
-                    checkpoint_now(epoch, micro_done)
+                    self._checkpoint_now(run, epoch=epoch, micro_in_epoch=micro_done)
             if stop:
                 break
-            self._end_epoch(epoch, state, log)
-            checkpoint_now(epoch + 1, 0)
+            if self.dev_data:
+                self._evaluate_and_keep_best(run, epoch=epoch + 1)
+            self._checkpoint_now(run, epoch=epoch + 1, micro_in_epoch=0)
             stop = state["global_step"] >= total_steps
-        bar.close()
-
-        if acc.is_main_process:
-            save_bridge_atomically(acc.unwrap_model(model), out / FINAL_DIR)
-        acc.wait_for_everyone()
-        return SLResult(
-            global_step=state["global_step"],
-            epochs_completed=state["epoch"],
-            best_metric=state["best_metric"],
-            output_dir=out,
-            evaluations=list(state["evaluations"]),
-        )
-
-    def _end_epoch(self, epoch: int, state: dict[str, Any], log: JsonlLog) -> None:
-        if not self.dev_data:
-            return
-        metrics = self.evaluate()
-        record = {
-            "stage": "sl",
-            "event": "eval",
-            "epoch": epoch + 1,
-            "step": state["global_step"],
-            **{f"dev_{k}": v for k, v in metrics.items()},
-        }
-        log.write(record)
-        state["evaluations"].append(
-            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
-        )
-        self._info("SL epoch %d dev: %s", epoch + 1, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        key = self._selection_key(metrics)
-        if state["best_key"] is None or tuple(key) > tuple(state["best_key"]):
-            state["best_key"] = list(key)
-            state["best_metric"] = key[0] if math.isfinite(key[0]) else None
-            if self.accelerator.is_main_process:
-                save_bridge_atomically(self.accelerator.unwrap_model(self.bridge), self.output_dir / BEST_DIR)
-            self.accelerator.wait_for_everyone()

@@ -21,7 +21,7 @@ def smollm2_tokenizer():
     pytest.importorskip("gguf")
     from transformers import AutoTokenizer
 
-    from bgm_model.readers.hf import smollm2_gguf_path
+    from bgm_model.assets import smollm2_gguf_path
 
     try:
         path = smollm2_gguf_path()

@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from bgm_model.readers import CallableReader, LangChainReader, LlamaIndexReader, PromptTemplate
+from bgm_integrations.langchain import LangChainReader
+from bgm_integrations.llama_index import LlamaIndexReader
+from bgm_model.readers import CallableReader, PromptTemplate
 
 Q = "who wrote hamlet"
 PS = ["Hamlet is a tragedy by William Shakespeare.", "Macbeth is another of his plays."]

@@ -6,7 +6,7 @@ import multiprocessing as mp
 
 import pytest
 
-from bgm_model.readers.cache import CallCache, call_key, default_cache_dir, resolve_cache
+from bgm_model.readers.call_cache import CallCache, call_key, default_cache_dir, resolve_cache
 
 
 def _writer(directory: str, start: int) -> None:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bgm_model.cli.common import READER_HELP, add_reader_arguments, build_reader
+from bgm_cli.common import READER_HELP, add_reader_arguments, build_reader
 from bgm_model.readers.base import Reader, reader_agreement
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bgm_model.readers import attention
 from bgm_model.readers.base import clean_answer
+from bgm_model.readers.hf import attention
 
 QUESTION = "where is the eiffel tower"
 PASSAGES = [
@@ -276,8 +276,8 @@ def test_ragged_step_equals_masked_step(tiny_model):
     # SDPA step's logits on a left-padded batch, and never read the cells between rows (garbage here).
     from transformers import DynamicCache
 
-    from bgm_model.readers.attention import use_reader_attention
-    from bgm_model.readers.hf import _PagedLayer, _Pages
+    from bgm_model.readers.hf.attention import use_reader_attention
+    from bgm_model.readers.hf.kv_cache import PagedLayer, Pages
 
     torch.manual_seed(1)
     lengths, longest = [5, 9, 3], 9
@@ -289,7 +289,7 @@ def test_ragged_step_equals_masked_step(tiny_model):
         rows.append(cache)
 
     padded = DynamicCache(config=tiny_model.config)
-    pages = _Pages(lengths, room=2, device=torch.device("cpu"))
+    pages = Pages(lengths, room=2, device=torch.device("cpu"))
     paged_layers = []
     for li in range(tiny_model.config.num_hidden_layers):
         ks, vs = [], []
@@ -304,7 +304,7 @@ def test_ragged_step_equals_masked_step(tiny_model):
             flat_k[:, :, pages.starts[r] : pages.ends[r]] = layer.keys
             flat_v[:, :, pages.starts[r] : pages.ends[r]] = layer.values
         padded.update(torch.cat(ks), torch.cat(vs), li)
-        paged_layers.append(_PagedLayer(flat_k, flat_v, pages))
+        paged_layers.append(PagedLayer(flat_k, flat_v, pages))
     paged = DynamicCache(config=tiny_model.config)
     paged.layers = paged_layers
 
@@ -335,7 +335,7 @@ def test_split_prefix_attention_equals_masked(tiny_model, prefix, new):
 
     from transformers import DynamicCache
 
-    from bgm_model.readers.attention import use_reader_attention
+    from bgm_model.readers.hf.attention import use_reader_attention
 
     assert tiny_model.config.num_key_value_heads < tiny_model.config.num_attention_heads
     torch.manual_seed(2)
@@ -362,7 +362,7 @@ def test_split_prefix_attention_keeps_the_model_dtype(tiny_model):
 
     from transformers import DynamicCache
 
-    from bgm_model.readers.attention import use_reader_attention
+    from bgm_model.readers.hf.attention import use_reader_attention
 
     torch.manual_seed(3)
     ids = torch.randint(10, 500, (1, 16))
@@ -384,7 +384,7 @@ def test_split_prefix_attention_keeps_the_model_dtype(tiny_model):
 
 
 def test_readers_with_and_without_split_attention_agree(tiny_reader_factory, monkeypatch):
-    from bgm_model.readers import hf
+    from bgm_model.readers.hf import reader as hf_reader
 
     calls = []
     split_forward = attention._prefix_then_causal
@@ -394,7 +394,7 @@ def test_readers_with_and_without_split_attention_agree(tiny_reader_factory, mon
         return split_forward(*args, **kwargs)
 
     # The tiny prompts are far below the real threshold; split every prompt of 2+ new tokens here.
-    monkeypatch.setattr(hf, "_SPLIT_MIN_NEW_TOKENS", 2)
+    monkeypatch.setattr(hf_reader, "_SPLIT_MIN_NEW_TOKENS", 2)
     monkeypatch.setattr(attention, "_prefix_then_causal", counted)
     questions = [QUESTION] * len(CANDIDATES)
     golds = ["Paris, France"] * len(CANDIDATES)
@@ -406,7 +406,7 @@ def test_readers_with_and_without_split_attention_agree(tiny_reader_factory, mon
     assert split.answer_batch(questions, CANDIDATES) == masked.answer_batch(questions, CANDIDATES)
     assert split.stats.reused_tokens == masked.stats.reused_tokens > 0
     assert calls and min(calls) >= 2  # the split path ran
-    monkeypatch.setattr(hf, "_SPLIT_MIN_NEW_TOKENS", 10_000)
+    monkeypatch.setattr(hf_reader, "_SPLIT_MIN_NEW_TOKENS", 10_000)
     calls.clear()
     tiny_reader_factory().score_batch(questions, CANDIDATES, golds)
     assert not calls  # short segments take the masked call
@@ -415,7 +415,7 @@ def test_readers_with_and_without_split_attention_agree(tiny_reader_factory, mon
 def test_ragged_decoding_only_for_plain_sdpa_models(tiny_model):
     import copy
 
-    from bgm_model.readers.attention import supports_reader_attention
+    from bgm_model.readers.hf.attention import supports_reader_attention
 
     assert supports_reader_attention(tiny_model)
     eager = copy.deepcopy(tiny_model)
@@ -427,7 +427,7 @@ def test_ragged_decoding_only_for_plain_sdpa_models(tiny_model):
 
 
 def test_ragged_step_refuses_spans_that_do_not_match_the_batch(tiny_model):
-    from bgm_model.readers.attention import reader_sdpa_forward
+    from bgm_model.readers.hf.attention import reader_sdpa_forward
 
     attention = tiny_model.model.layers[0].self_attn
     query, kv = torch.zeros(2, 4, 1, 8), torch.zeros(1, 2, 5, 8)
@@ -438,13 +438,13 @@ def test_ragged_step_refuses_spans_that_do_not_match_the_batch(tiny_model):
 
 
 def test_decode_groups_ragged_bounded_by_cache_memory(tiny_reader_factory, monkeypatch):
-    from bgm_model.readers import hf
+    from bgm_model.readers.hf import decoding
 
     reader = tiny_reader_factory(decode_batch_size=4, max_new_tokens=10)
     cell = reader._kv_cell_bytes()
     config = reader.model.config
     assert cell == config.num_hidden_layers * 2 * config.num_key_value_heads * 8 * 4  # head_dim 32/4, fp32
-    monkeypatch.setattr(hf, "_GROUP_CACHE_BYTES", 220 * cell)
+    monkeypatch.setattr(decoding, "_GROUP_CACHE_BYTES", 220 * cell)
     prompts = [[1] * 10, [1] * 12, [1] * 11, [1] * 9, [2] * 100, [2] * 5, [2] * 50, [2] * 60]
     groups = reader._decode_groups(list(range(8)), prompts)
     # No padding is stored: a group's cells are its prompts plus 10 answer cells a row. The size cap (4)
@@ -453,9 +453,9 @@ def test_decode_groups_ragged_bounded_by_cache_memory(tiny_reader_factory, monke
 
 
 def test_decode_groups_respect_size_cap_and_padding_budget(tiny_reader_factory, monkeypatch):
-    from bgm_model.readers import hf
+    from bgm_model.readers.hf import decoding
 
-    monkeypatch.setattr(hf, "_PAD_CELLS", 100)
+    monkeypatch.setattr(decoding, "_PAD_CELLS", 100)
     reader = tiny_reader_factory(decode_batch_size=3, ragged_decoding=False)
     prompts = [[1] * 10, [1] * 12, [1] * 11, [1] * 9, [2] * 100, [2] * 5, [2] * 50]
     groups = reader._decode_groups(list(range(7)), prompts)

@@ -10,8 +10,6 @@ def test_public_api_is_pinned():
             "CT2Reader",
             "CallableReader",
             "HFReader",
-            "LangChainReader",
-            "LlamaIndexReader",
             "PromptTemplate",
             "Reader",
             "ReaderStats",
@@ -25,3 +23,15 @@ def test_public_api_is_pinned():
     )
     for name in readers.__all__:
         assert getattr(readers, name) is not None
+
+
+def test_framework_readers_moved_to_the_adapters_with_warning_aliases():
+    import pytest
+
+    from bgm_integrations.langchain import LangChainReader
+    from bgm_integrations.llama_index import LlamaIndexReader
+
+    with pytest.warns(DeprecationWarning, match="bgm_integrations.langchain"):
+        assert readers.LangChainReader is LangChainReader
+    with pytest.warns(DeprecationWarning, match="bgm_integrations.llama_index"):
+        assert readers.LlamaIndexReader is LlamaIndexReader

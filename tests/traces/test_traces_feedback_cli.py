@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bgm_model.cli.main import main
+from bgm_cli.main import main
 from bgm_model.traces import TraceWriter, attach_feedback, read_traces
 from tests.traces.test_traces_io import make_record
 

@@ -14,7 +14,7 @@ import torch
 
 from bgm_model import BridgeModel
 from bgm_model.errors import CheckpointError
-from bgm_model.training._common import load_state_file, rng_state, set_rng_state
+from bgm_model.training.checkpoints import load_state_file, rng_state, set_rng_state
 from bgm_model.training.rl_config import RLConfig
 from bgm_model.training.rl_trainer import RLTrainer
 from bgm_model.training.sl_config import SLConfig
@@ -45,13 +45,14 @@ def _records(tiny_silver_records, n: int = 6, seed: int = 9):
 @pytest.mark.parametrize("victim", ["optimizer.pt", "scheduler.pt", "rng_state_0.pt"])
 def test_a_pickle_payload_in_a_checkpoint_never_runs_on_resume(victim, tiny_make_bridge, tmp_path):
     """Reproducer: a __reduce__ payload in OUT/checkpoint/<file> ran on `bgm train sl ... --output-dir OUT`."""
-    from bgm_model.cli.main import main
+    from bgm_cli.main import main
     from bgm_model.training.silver import synthesize_to_file
 
     synthesize_to_file(make_toy_examples(4, n_passages=3, seed=2), ToyReader(), tmp_path / "silver.jsonl")
     tiny_make_bridge().save_pretrained(tmp_path / "init")
     argv = ["train", "sl", "--silver", str(tmp_path / "silver.jsonl"), "--init", str(tmp_path / "init"),
-            "--num-epochs", "1", "--batch-size", "2", "--dev-fraction", "0", "--output-dir", str(tmp_path / "out")]  # fmt: skip
+            "--reader", "toy", "--num-epochs", "1", "--batch-size", "2", "--dev-fraction", "0",
+            "--output-dir", str(tmp_path / "out")]  # fmt: skip
     assert main(argv) == 0
     marker = tmp_path / "PWNED"
     torch.save({"state": {}, "payload": _RunsCode(marker)}, tmp_path / "out" / "checkpoint" / victim)

@@ -281,7 +281,7 @@ def test_small_real_run_with_smollm2(tiny_make_bridge, tmp_path):
 
 
 def test_cli_trains_rl_from_a_dataset_file(tiny_make_bridge, tmp_path):
-    from bgm_model.cli.main import main
+    from bgm_cli.main import main
 
     with open(tmp_path / "toy.jsonl", "w") as f:
         for e in make_toy_examples(4, n_passages=3, seed=2):

@@ -317,7 +317,7 @@ def test_a_traces_file_given_as_silver_file_says_so_before_any_reader_call(tmp_p
 
 
 def test_cli_synthesizes_and_resumes(tmp_path: Path) -> None:
-    from bgm_model.cli.main import main
+    from bgm_cli.main import main
 
     data = tmp_path / "toy.jsonl"
     examples = make_toy_examples(3, 4, seed=9)
@@ -350,7 +350,7 @@ def test_cli_synthesizes_and_resumes(tmp_path: Path) -> None:
 
 
 def test_cli_reads_traces_with_gold_answers(tmp_path: Path) -> None:
-    from bgm_model.cli.main import main
+    from bgm_cli.main import main
     from bgm_model.traces.schema import TracePassage, TraceRecord
     from bgm_model.traces.writer import TraceWriter
 
@@ -371,7 +371,7 @@ def test_cli_reads_traces_with_gold_answers(tmp_path: Path) -> None:
 
 
 def test_cli_rejects_an_unknown_reward(tmp_path: Path) -> None:
-    from bgm_model.cli.main import main
+    from bgm_cli.main import main
 
     with pytest.raises(ValueError, match="unknown reward"):
         main(["synthesize", str(tmp_path / "x.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--reward", "nope"])
@@ -384,7 +384,7 @@ def test_cli_rejects_an_unknown_reward(tmp_path: Path) -> None:
 def test_real_smollm2_silver_sequences_on_hotpotqa(tmp_path: Path) -> None:
     # Kept small for 2 shared CPU cores: the log-likelihood primary needs no generation (one forward pass per
     # prompt), 5 candidates per question and sequences of at most 2 passages.
-    from bgm_model.bundled import bundled_dataset
+    from bgm_model.assets import bundled_dataset
     from bgm_model.data import load_examples
     from bgm_model.readers.hf import load_smollm2_reader
 
@@ -462,3 +462,14 @@ def test_resuming_a_file_made_with_other_settings_is_refused_or_set_aside(tmp_pa
     assert stats.written == 3 and len(read_silver(tmp_path / "silver.1.jsonl")) == 3  # the old file is kept
     assert json.loads(settings_path(tmp_path / "silver.1.jsonl").read_text())["max_length"] == 5
     assert json.loads(settings_path(path).read_text())["max_length"] == 2
+
+
+def test_every_old_import_of_the_silver_module_still_works() -> None:
+    import bgm_model.training.silver as silver
+    from bgm_model.training import soft_targets
+    from bgm_model.training.silver import records, search, sequence
+
+    assert all(hasattr(silver, name) for name in [*silver.__all__, "END", "settings_path"])
+    assert silver.step_targets is soft_targets.step_targets and silver.END is soft_targets.END == -1
+    assert silver.SilverSequence is sequence.SilverSequence and silver.synthesize is search.synthesize
+    assert silver.synthesize_to_file is records.synthesize_to_file and silver.settings_path is records.settings_path

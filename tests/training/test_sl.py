@@ -196,7 +196,7 @@ def test_resume_is_off_when_asked(tiny_make_bridge, tiny_silver_records, tmp_pat
 def test_cli_help_documents_every_config_field(capsys):
     import dataclasses
 
-    from bgm_model.cli.main import main
+    from bgm_cli.main import main
     from bgm_model.training.rl_config import RLConfig
 
     for stage, cls in (("sl", SLConfig), ("rl", RLConfig)):
@@ -208,7 +208,7 @@ def test_cli_help_documents_every_config_field(capsys):
 
 
 def test_cli_trains_sl_from_a_silver_file(tiny_make_bridge, tmp_path):
-    from bgm_model.cli.main import main
+    from bgm_cli.main import main
     from bgm_model.training.silver import synthesize_to_file
 
     synthesize_to_file(make_toy_examples(6, n_passages=3, seed=2), ToyReader(), tmp_path / "silver.jsonl")
@@ -226,15 +226,15 @@ def test_cli_trains_sl_from_a_silver_file(tiny_make_bridge, tmp_path):
 
 
 def test_cli_new_bridge_settings_reach_the_config():
-    from bgm_model.cli.main import build_parser
-    from bgm_model.cli.train import _build_bridge
+    from bgm_cli.main import build_parser
+    from bgm_cli.train import build_bridge
 
     args = build_parser().parse_args(["train", "sl", "--silver", "s.jsonl", "--from-encoder", "--max-passages", "12",
                                       "--relevance-prior", "20"])  # fmt: skip
-    config = _build_bridge(args).config
+    config = build_bridge(args).config
     assert (config.max_passages, config.relevance_prior) == (12, 20.0)
     with pytest.raises(ValueError, match="relevance_prior"):
-        _build_bridge(build_parser().parse_args(["train", "sl", "--silver", "s.jsonl", "--from-encoder",
+        build_bridge(build_parser().parse_args(["train", "sl", "--silver", "s.jsonl", "--from-encoder",
                                                  "--relevance-prior", "-1"]))  # fmt: skip
 
 
@@ -304,7 +304,7 @@ def test_step_targets_follow_the_search_scores():
 
 
 def test_soft_loss_with_weight_zero_is_the_hard_loss(tiny_make_bridge):
-    from bgm_model.training._common import TrainExample
+    from bgm_model.training.examples import TrainExample
     from bgm_model.training.sl_trainer import soft_step_log_probs
 
     bridge = tiny_make_bridge(dropout=0.0)

@@ -12,7 +12,6 @@ one training path.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -28,18 +27,16 @@ Retrieve = Callable[[str], Sequence[tuple[str, str, float | None]]]
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TraceFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    from bgm_model.data.jsonl import JsonlError, iter_jsonl_rows
+
+    try:
+        for lineno, row in iter_jsonl_rows(path):
             for key in ("id", "question"):
                 if key not in row:
                     raise TraceFormatError(f"{path}:{lineno}: missing {key!r}")
             yield lineno, row
+    except JsonlError as e:
+        raise TraceFormatError(str(e)) from None
 
 
 def _name(path: Path) -> str:
@@ -103,7 +100,7 @@ def dense_retriever(
     """MiniLM dense retrieval over a ``corpus.jsonl`` — the same retriever and passage rendering that
     :func:`bgm_model.data.load_examples` uses, so imported records and benchmark examples match."""
     from bgm_model.data import load_corpus
-    from bgm_model.embedding import DenseRetriever, MiniLMEmbedder
+    from bgm_model.data.retrieval import DenseRetriever, MiniLMEmbedder
 
     corpus = load_corpus(corpus_path)
     texts = corpus.rendered

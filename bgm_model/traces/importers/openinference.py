@@ -151,18 +151,17 @@ def read_spans(path: str | os.PathLike[str]) -> list[Span]:
         return list(spans_from_json(json.loads(text)))
     except json.JSONDecodeError:
         pass
+    from bgm_model.data.jsonl import JsonlError, iter_jsonl_rows
+
     spans: list[Span] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TraceFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        try:
-            spans.extend(spans_from_json(doc))
-        except TraceFormatError as e:
-            raise TraceFormatError(f"{path}:{lineno}: {e}") from None
+    try:
+        for lineno, doc in iter_jsonl_rows(path, objects=False):
+            try:
+                spans.extend(spans_from_json(doc))
+            except TraceFormatError as e:
+                raise TraceFormatError(f"{path}:{lineno}: {e}") from None
+    except JsonlError as e:
+        raise TraceFormatError(str(e)) from None
     return spans
 
 

@@ -1,0 +1,37 @@
+"""What every benchmark needs: where the repository and the shared data are, the command line that ran, and
+passages rendered exactly as the library renders them (so a benchmark reads what the library reads)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bgm_model.data import render_passage
+
+__all__ = ["RESULTS", "ROOT", "command_line", "passage_text", "shared_data_dir"]
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def shared_data_dir(dataset: str | None = None) -> Path:
+    """``../shared/data`` beside the repository (or ``/work/shared/data``), optionally one dataset's folder."""
+    for base in (ROOT.parent / "shared" / "data", Path("/work/shared/data")):
+        candidate = base / dataset if dataset else base
+        if candidate.is_dir():
+            return candidate
+    what = f"../shared/data/{dataset}" if dataset else "../shared/data"
+    raise FileNotFoundError(f"{what} not found next to the repository; pass the data files explicitly")
+
+
+def passage_text(record: dict[str, Any]) -> str:
+    """A corpus or candidate record (``{"title", "text"}``) as the bridge and the reader see it."""
+    return render_passage(record.get("title"), record["text"])
+
+
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """The command that reproduces this run, for the JSON it writes."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return " ".join(["python -m", f"benchmarks.{module}", *args])
