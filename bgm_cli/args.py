@@ -82,7 +82,8 @@ def add_dataclass_arguments(
         action = group.add_argument(
             flag, dest=first.dest, default=argparse.SUPPRESS, type=first.type, choices=first.choices,
             metavar=flag[2:].upper().replace("-", "_") if first.metavar else None, action=_StoreEach,
-            help="sets " + " and ".join(a.option_strings[0] for a in actions),
+            help="sets " + " and ".join(a.option_strings[0] for a in actions) + " to one value (default: "
+            + " and ".join(str(_value_at(defaults, p)) for p in paths) + ")",
         )
         action.dests = [a.dest for a in actions]  # type: ignore[attr-defined]
 
@@ -134,9 +135,15 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             import yaml
         except ImportError as e:
             raise ImportError(f"reading {path} needs PyYAML: pip install pyyaml") from e
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
     return data
@@ -176,6 +183,13 @@ def recipe_from_args(args: argparse.Namespace, defaults: Any = None) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- internals
+def _value_at(config: Any, path: str) -> Any:
+    """``config``'s value at a dotted field path (``"sl.num_epochs"``)."""
+    for name in path.split("."):
+        config = getattr(config, name)
+    return config
+
+
 class _StoreEach(argparse.Action):
     """One flag that sets several destinations (e.g. the same layer count for SL and RL)."""
 

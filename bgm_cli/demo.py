@@ -1,4 +1,9 @@
-"""``bgm demo``: the main job on the bundled data and the packaged models."""
+"""``bgm demo``: the main job on the bundled data and the packaged models.
+
+Prints the evaluation table, the absolute paths of the report, the plots and the trained bridge, and the code
+that loads that bridge into LangChain and LlamaIndex. The trainers' resume checkpoints are removed after the
+run (``--keep-checkpoints`` keeps them).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,15 @@ import logging
 import time
 from typing import Any
 
-from .args import add_dataclass_arguments, add_recipe_arguments, dataclass_from_args, recipe_from_args
+from .args import (
+    add_dataclass_arguments,
+    add_recipe_arguments,
+    dataclass_from_args,
+    load_config_file,
+    recipe_from_args,
+)
+from .common import check_reader_spec, check_reward
+from .errors import InputError, UsageError, existing_path
 
 logger = logging.getLogger(__name__)
 
@@ -35,22 +48,40 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~bgm_cli.demo_app.DemoConfig` of ``bgm demo``'s flags (and ``--config`` recipe)."""
     from .demo_app import DemoConfig
 
+    if getattr(args, "config", None) is not None:
+        existing_path(args.config, "--config")
+        try:
+            load_config_file(args.config)
+        except ValueError as e:  # not JSON / YAML, or not a mapping: a bad input file
+            raise InputError(str(e)) from None
     try:
         recipe = recipe_from_args(args, DemoConfig().recipe)
-        return dataclass_from_args(args, DemoConfig, defaults=DemoConfig(recipe=recipe))
+        cfg = dataclass_from_args(args, DemoConfig, defaults=DemoConfig(recipe=recipe))
     except (ValueError, TypeError) as e:
-        raise SystemExit(f"bgm demo: bad option: {e}") from e
+        raise UsageError(f"bad option: {e}") from e
+    return cfg
+
+
+def check_config(cfg: Any) -> None:
+    """:class:`~bgm_cli.errors.UsageError` for a reader or reward name of ``cfg`` that names nothing, before
+    anything is loaded."""
+    check_reader_spec(cfg.reader)
+    check_reward(cfg.recipe.reward)
+    check_reward(cfg.recipe.silver.secondary, "--silver-secondary")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .demo_app import run_demo
+    from .demo_app import run_demo, usage_snippet
 
     cfg = config_from_args(args)
+    check_config(cfg)
     start = time.perf_counter()
     result = run_demo(cfg)
     print(f"\n{result.table}\n")
     print("time per stage: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in result.seconds.items()))
-    print(f"report: {result.report_path}; plots: {', '.join(str(p) for p in result.plots)}")
-    print(f"trained bridge saved to: {result.bridge_dir}")
+    print(f"report: {result.report_path.resolve()}")
+    print("plots: " + ", ".join(str(p.resolve()) for p in result.plots))
+    print(f"trained bridge: {result.bridge_dir.resolve()}")
+    print(f"\nuse it:\n\n{usage_snippet(result.bridge_dir)}\n")
     logger.info("done in %.1f min", (time.perf_counter() - start) / 60)
     return 0

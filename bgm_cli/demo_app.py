@@ -9,7 +9,10 @@ trace recorder, the training recipe (:class:`~bgm_model.training.pipeline.Bridge
    the bridge is trained on them (SL), then with PPO against the reader's answers (RL).
 3. The bridges and the fixed baselines are evaluated on the dev questions; a table, JSON and plots are written.
 
-Every reader call goes through the persistent call cache, so a re-run skips the LLM work it has done.
+Every reader call goes through the persistent call cache, so a re-run skips the LLM work it has done. The
+trainers' resume checkpoints (``sl/checkpoint``, ``rl/checkpoint``, ~0.3 GB each) are removed once training is
+done unless ``keep_checkpoints`` is set; the trained bridge is ``bridge/`` (``bridge_sl/`` without RL), loaded
+by :func:`usage_snippet`'s code.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bgm_model.training.pipeline import BridgeRecipe
 
@@ -31,13 +34,14 @@ logger = logging.getLogger(__name__)
 class DemoConfig:
     """Sizes and places of the demo run (the defaults finish in minutes on 2 CPU cores)."""
 
-    dataset: str = field(default="nq_open", metadata={"help": "bundled dataset: nq_open (retrieval) or hotpotqa (fixed candidates)"})
+    dataset: Literal["nq_open", "hotpotqa"] = field(default="nq_open", metadata={"help": "bundled dataset: nq_open (retrieval) or hotpotqa (fixed candidates)"})
     train_questions: int = field(default=24, metadata={"help": "training questions answered by the chain and used for SPS/SL/RL"})
     dev_questions: int = field(default=20, metadata={"help": "dev questions for the final evaluation"})
     top_k: int = field(default=10, metadata={"help": "passages the retriever returns per question"})
     reader: str = field(default="smollm2", metadata={"help": "frozen reader: smollm2 (packaged SmolLM2-135M-Instruct), hf:PATH (a local causal LM folder) or toy"})
     output_dir: str = field(default="bgm_output", metadata={"help": "where traces, silver sequences, checkpoints, report and plots go"})
     reader_cache: str | None = field(default=None, metadata={"help": "reader call cache directory (default: $BGM_CACHE_DIR or ~/.cache/bgm-bridge/reader)"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep the SL and RL resume checkpoints (sl/checkpoint, rl/checkpoint, ~0.3 GB each) instead of removing them once training is done"})
     recipe: BridgeRecipe = field(default_factory=BridgeRecipe, metadata={"help": "how the bridge is trained: silver search, SL, RL (its defaults are the demo's)"})
 
 
@@ -49,6 +53,19 @@ class DemoResult:
     plots: list[Path]
     table: str
     seconds: dict[str, float]
+
+
+def usage_snippet(bridge_dir: str | Path) -> str:
+    """The code that loads the bridge in ``bridge_dir`` into a LangChain and a LlamaIndex pipeline."""
+    path = str(Path(bridge_dir).resolve())
+    return (
+        "# LangChain: rerank and select a retriever's documents with the bridge\n"
+        "from bgm_integrations.langchain import BGMDocumentCompressor\n"
+        f"compressor = BGMDocumentCompressor.from_pretrained({path!r})\n"
+        "# LlamaIndex: the same as a node postprocessor\n"
+        "from bgm_integrations.llama_index import BGMNodePostprocessor\n"
+        f"postprocessor = BGMNodePostprocessor.from_pretrained({path!r})"
+    )
 
 
 def _stage(name: str) -> None:
@@ -75,19 +92,14 @@ def build_retriever(cfg: DemoConfig, out: Path, rows: Sequence[dict[str, Any]]) 
     from bgm_model.data import load_corpus, render_passage
 
     if cfg.dataset == "nq_open":
-        from langchain_classic.embeddings import CacheBackedEmbeddings
-        from langchain_classic.storage import LocalFileStore
         from langchain_core.vectorstores import InMemoryVectorStore
 
         from bgm_integrations.langchain.embeddings import MiniLMEmbeddings
 
         corpus = load_corpus(bundled_dataset("nq_open", "corpus"))
-        minilm = MiniLMEmbeddings()
-        # LangChain's own embedding cache: re-runs skip embedding the pool.
-        embeddings = CacheBackedEmbeddings.from_bytes_store(
-            minilm, LocalFileStore(str(out / "embedding_cache")), namespace=minilm.embedder.fingerprint,
-            key_encoder="sha256",
-        )
+        # The project's one corpus-embedding cache (the file DenseRetriever and load_examples use): re-runs
+        # skip embedding the pool.
+        embeddings = MiniLMEmbeddings(cache_dir=out / "embedding_cache")
         store = InMemoryVectorStore(embeddings)
         start = time.perf_counter()
         store.add_texts(corpus.rendered, metadatas=[{"passage_id": i} for i in corpus.ids], ids=corpus.ids)
@@ -155,7 +167,7 @@ def run_demo(cfg: DemoConfig, *, reader: Any = None) -> DemoResult:
     from bgm_model.traces import read_traces
     from bgm_model.training.pipeline import train_bridge
 
-    out = Path(cfg.output_dir)
+    out = Path(cfg.output_dir).expanduser().resolve()  # every path the demo reports is absolute
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     seconds: dict[str, float] = {}
@@ -190,7 +202,7 @@ def run_demo(cfg: DemoConfig, *, reader: Any = None) -> DemoResult:
     _stage("2-4/5 silver passage sequences from the traces, then SL, then RL (PPO) against the frozen reader")
     recipe = cfg.recipe
     recipe = replace(recipe, bridge=replace(recipe.bridge, max_passages=max(recipe.bridge.max_passages, cfg.top_k)))
-    trained = train_bridge(train_examples, reader, out, recipe)
+    trained = train_bridge(train_examples, reader, out, recipe, keep_checkpoints=cfg.keep_checkpoints)
     seconds.update(trained.seconds)
     sl_dir, rl_dir = trained.sl_dir, trained.final_dir
 

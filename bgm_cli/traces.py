@@ -1,4 +1,8 @@
-"""``bgm traces``: inspect trace files, import traces from other formats, attach feedback."""
+"""``bgm traces``: inspect trace files, import traces from other formats, attach feedback.
+
+A missing input is exit status 2, a file that is not what the sub-command reads (not JSON Lines, invalid
+records, a silver file or a dataset given as traces) exit status 1, each with one line on stderr.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,9 @@ from bgm_model.traces import (
     iter_traces,
 )
 
+from .common import positive
+from .errors import TRACES, InputError, UsageError, check_file_kind, existing_path
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,33 +37,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inspect", help="counts, fields present, answer and feedback coverage of a traces file"
     )
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="traces JSONL (as written by the LangChain / LlamaIndex recorders)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--skip-invalid", action="store_true", help="count invalid records instead of stopping")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="count invalid records instead of stopping at the first")
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser(
         "import", help="turn OpenInference spans, LangSmith runs or a dataset into trace records"
     )
-    p.add_argument("--from", dest="source", required=True, choices=["openinference", "langsmith", "dataset"])
+    p.add_argument("--from", dest="source", required=True, choices=["openinference", "langsmith", "dataset"],
+                   help="format of the inputs: OpenInference spans (JSON/JSONL), LangSmith runs (JSON/JSONL) "
+                   "or a dataset JSONL")
     p.add_argument("inputs", nargs="+", type=Path, help="input file(s)")
     p.add_argument("-o", "--output", required=True, type=Path, help="traces JSONL to append to")
     p.add_argument("--corpus", type=Path, help="dataset: corpus.jsonl of a retrieval set (ranked with MiniLM, as the benchmarks do)")
-    p.add_argument("--top-k", type=int, default=10, help="dataset with --corpus: passages per question")
+    p.add_argument("--top-k", type=positive, default=10, help="dataset with --corpus: passages per question")
     p.add_argument("--dataset-name", help="dataset: name used in trace ids (default: folder/file stem)")
     p.set_defaults(func=_import)
 
     p = sub.add_parser(
         "attach-feedback", help="join gold answers / feedback (JSONL) onto traces by trace id or query"
     )
-    p.add_argument("traces", type=Path)
-    p.add_argument("feedback", type=Path)
+    p.add_argument("traces", type=Path, help="traces JSONL to annotate")
+    p.add_argument("feedback", type=Path, help="feedback JSONL: rows with a trace_id or a query, and "
+                   "gold_answers and/or feedback")
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("-o", "--output", type=Path, help="write a new traces file (atomically)")
     out.add_argument(
         "--in-place", action="store_true", help="replace the traces file atomically (under its lock)"
     )
-    p.add_argument("--by", choices=["auto", "trace_id", "query"], default="auto")
+    p.add_argument("--by", choices=["auto", "trace_id", "query"], default="auto",
+                   help="how feedback rows find their trace: 'auto' uses trace_id where a row has one, else the query")
     p.set_defaults(func=_attach)
 
 
@@ -112,15 +124,19 @@ def summarize(records: Iterable[TraceRecord], stats: ReadStats) -> dict[str, Any
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    if not args.file.exists():
-        logger.error("%s: no such file", args.file)
-        return 2
+    existing_path(args.file, "FILE")
+    if args.file.is_dir():
+        raise UsageError(f"FILE {args.file}: a directory, not a traces file")
+    if not args.skip_invalid:
+        check_file_kind(args.file, TRACES)  # a silver file or a dataset: say so, not "missing fields"
     stats = ReadStats()
     try:
         summary = summarize(iter_traces(args.file, skip_invalid=args.skip_invalid, stats=stats), stats)
     except TraceFormatError as e:
-        logger.error("%s", e)
-        return 1
+        raise InputError(str(e)) from None
+    if not summary["records"] and (stats.truncated_lines or stats.invalid_lines):
+        bad = stats.truncated + len(stats.invalid_lines)
+        raise InputError(f"{args.file} is not a traces file: none of its {bad} line(s) is a trace record")
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -145,13 +161,12 @@ def _inspect(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from bgm_model.traces import importers
 
-    missing = [str(p) for p in args.inputs if not p.exists()]
-    if missing:
-        logger.error("no such file: %s", ", ".join(missing))
-        return 2
+    for path in args.inputs:
+        existing_path(path, "INPUT")
+    if args.corpus is not None:
+        existing_path(args.corpus, "--corpus")
     if args.source != "dataset" and (args.corpus or args.dataset_name):
-        logger.error("--corpus and --dataset-name only apply to --from dataset")
-        return 2
+        raise UsageError("--corpus and --dataset-name only apply to --from dataset")
     retrieve = None
     if args.corpus is not None:
         retrieve = importers.dense_retriever(args.corpus, top_k=args.top_k)
@@ -170,23 +185,20 @@ def _import(args: argparse.Namespace) -> int:
             n = writer.write_many(records)
             logger.info("%s: %d record(s) -> %s", path, n, args.output)
             total += n
-    except TraceFormatError as e:
-        logger.error("%s", e)
-        return 1
+    except ValueError as e:  # TraceFormatError, and a dataset's file:line errors
+        raise InputError(" ".join(str(e).split())) from None
     print(f"imported {total} record(s) into {args.output}")
     return 0
 
 
 def _attach(args: argparse.Namespace) -> int:
-    for p in (args.traces, args.feedback):
-        if not p.exists():
-            logger.error("%s: no such file", p)
-            return 2
+    existing_path(args.traces, "TRACES")
+    existing_path(args.feedback, "FEEDBACK")
+    check_file_kind(args.traces, TRACES)
     try:
         stats = attach_feedback(args.traces, args.feedback, args.output, by=args.by, in_place=args.in_place)
-    except (TraceFormatError, ValueError) as e:
-        logger.error("%s", e)
-        return 1
+    except ValueError as e:  # TraceFormatError too
+        raise InputError(" ".join(str(e).split())) from None
     dst = args.traces if args.in_place else args.output
     print(
         f"{stats.rows_matched}/{stats.rows} feedback row(s) matched; {stats.traces_updated}/{stats.traces} "

@@ -8,7 +8,18 @@ Examples::
 
 Every option of a stage's config (:class:`SLConfig` / :class:`RLConfig`) is a ``--kebab-case`` flag with that
 field's help text (:mod:`bgm_cli.args`); ``--config FILE`` loads a JSON or YAML config first, explicit flags
-override it. Running the same command again resumes from ``OUTPUT_DIR/checkpoint``.
+override it.
+
+A stage writes into ``OUTPUT_DIR`` (see the trainers' module docstrings)::
+
+    final/       the bridge at the end of training: what to use or pass on (``--init`` of the RL stage)
+    best/        the bridge with the best dev result so far (only when there is dev data)
+    checkpoint/  the resume state (bridge, optimizer, scheduler, RNG); kept, so running the same command
+                 again resumes from it (``--no-resume`` starts over); delete it once the run is done
+    log.jsonl, <stage>_config.json
+
+``bgm demo`` (and :func:`~bgm_model.training.pipeline.train_bridge`) remove ``checkpoint/`` after a run
+unless asked to keep it.
 """
 
 from __future__ import annotations
@@ -18,8 +29,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .args import add_config_argument, add_dataclass_arguments, dataclass_from_args
-from .common import add_reader_arguments, build_reader
+from .args import add_config_argument, add_dataclass_arguments, dataclass_from_args, load_config_file
+from .common import (
+    add_reader_arguments,
+    build_reader,
+    check_reader_spec,
+    count,
+    load_bridge,
+    load_dataset,
+    load_examples_from_traces,
+    load_silver,
+    positive,
+)
+from .errors import InputError, UsageError, existing_path
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +50,25 @@ NEW_BRIDGE_FIELDS = ("max_passages", "max_output_length", "relevance_prior")
 
 
 def config_from_args(args: argparse.Namespace, config_cls: Any) -> Any:
-    """The stage config of the flags over ``--config`` over the class defaults; a bad value exits with it."""
+    """The stage config of the flags over ``--config`` over the class defaults; a bad value is a
+    :class:`~bgm_cli.errors.UsageError`."""
+    file = None
+    if args.config is not None:
+        existing_path(args.config, "--config")
+        try:
+            file = load_config_file(args.config)
+        except ValueError as e:  # not JSON / YAML, or not a mapping: a bad input file
+            raise InputError(str(e)) from None
     try:
-        return dataclass_from_args(args, config_cls, config=args.config)
+        config = dataclass_from_args(args, config_cls, config=file)
     except (ValueError, TypeError) as e:
-        raise SystemExit(f"bad option: {e}") from e
+        raise UsageError(f"bad option: {e}") from e
+    from .common import check_reward
+
+    for name in ("reward", "eval_metric"):
+        if hasattr(config, name):
+            check_reward(getattr(config, name), "--" + name.replace("_", "-"))
+    return config
 
 
 def _add_bridge_arguments(parser: argparse.ArgumentParser, *, default_init: bool) -> None:
@@ -44,7 +80,7 @@ def _add_bridge_arguments(parser: argparse.ArgumentParser, *, default_init: bool
         "--init",
         default=None,
         help="start from a saved bridge (directory written by "
-        "save_pretrained, e.g. the SL run's best/ or final/, or a hub id)",
+        "save_pretrained, e.g. the SL run's final/ or best/, or a hub id)",
     )
     src.add_argument(
         "--from-encoder",
@@ -64,7 +100,9 @@ def build_bridge(args: argparse.Namespace) -> Any:
     from bgm_model import BridgeConfig, BridgeModel
 
     if args.init:
-        return BridgeModel.from_pretrained(args.init)
+        return load_bridge(args.init, option="--init")
+    if args.from_encoder:
+        existing_path(args.from_encoder, "--from-encoder")
     return BridgeModel.from_encoder(args.from_encoder or None, config=dataclass_from_args(args, BridgeConfig))
 
 
@@ -82,8 +120,9 @@ def register(subparsers: Any) -> None:
         "sl",
         help="supervised stage on silver passage sequences",
         description="Teacher forcing on silver passage sequences (from `bgm synthesize`). Evaluates on dev "
-        "each epoch (downstream metric with --reader, else dev loss and exact-sequence accuracy), keeps "
-        "OUTPUT_DIR/best, OUTPUT_DIR/final and a resumable OUTPUT_DIR/checkpoint.",
+        "each epoch (downstream metric with --reader, else dev loss and exact-sequence accuracy). Writes "
+        "OUTPUT_DIR/final (the trained bridge), OUTPUT_DIR/best (the best dev epoch) and "
+        "OUTPUT_DIR/checkpoint, from which the same command resumes (delete it when done).",
     )
     sl.add_argument("--silver", type=Path, required=True, help="silver sequences JSONL (training records)")
     sl.add_argument(
@@ -92,7 +131,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="silver sequences JSONL used as dev set (default: split --dev-fraction off --silver)",
     )
-    sl.add_argument("--limit", type=int, default=None, help="use only the first N training records")
+    sl.add_argument("--limit", type=count, default=None, help="use only the first N training records (default: all)")
     add_config_argument(sl, "SLConfig")
     sl.add_argument(
         "--no-reader",
@@ -109,13 +148,16 @@ def register(subparsers: Any) -> None:
         "rl",
         help="RL stage (PPO) against the frozen reader",
         description="PPO with a group-mean baseline and a KL penalty to the initial (SL) bridge. The reward is "
-        "the downstream score of the reader's answer on the sampled passage sequence.",
+        "the downstream score of the reader's answer on the sampled passage sequence. Writes OUTPUT_DIR/final "
+        "(the trained bridge), OUTPUT_DIR/best (the best dev step, with --dev-data) and OUTPUT_DIR/checkpoint, "
+        "from which the same command resumes (delete it when done).",
     )
     rl.add_argument(
         "--data",
         type=Path,
         default=None,
-        help="dataset JSONL with questions, candidate passages and gold answers (see bgm_model.data)",
+        help="dataset JSONL with questions, candidate passages and gold answers (see bgm_model.data); "
+        "give this or --traces",
     )
     rl.add_argument(
         "--traces",
@@ -123,12 +165,14 @@ def register(subparsers: Any) -> None:
         default=None,
         help="traces JSONL instead of --data (traces without gold answers are skipped)",
     )
-    rl.add_argument("--dev-data", type=Path, default=None, help="dataset JSONL used as dev set")
-    rl.add_argument("--corpus", type=Path, default=None, help="passage pool of a retrieval dataset")
+    rl.add_argument("--dev-data", type=Path, default=None,
+                    help="dataset JSONL used as dev set (default: split --dev-fraction off the training questions)")
+    rl.add_argument("--corpus", type=Path, default=None,
+                    help="passage pool of a retrieval dataset (default: corpus.jsonl beside --data)")
     rl.add_argument(
-        "--top-k", type=int, default=10, help="candidates retrieved per question for a retrieval set"
+        "--top-k", type=positive, default=10, help="candidates retrieved per question for a retrieval set"
     )
-    rl.add_argument("--limit", type=int, default=None, help="use only the first N questions")
+    rl.add_argument("--limit", type=count, default=None, help="use only the first N questions (default: all)")
     add_config_argument(rl, "RLConfig")
     add_reader_arguments(rl)
     _add_bridge_arguments(rl, default_init=False)
@@ -137,35 +181,35 @@ def register(subparsers: Any) -> None:
 
 
 def _run_sl(args: argparse.Namespace) -> int:
-    from bgm_model.training.silver import read_silver
     from bgm_model.training.sl_config import SLConfig
     from bgm_model.training.sl_trainer import SLTrainer
 
     config = config_from_args(args, SLConfig)
-    train = read_silver(args.silver)[: args.limit]
-    dev = read_silver(args.dev_silver) if args.dev_silver else None
+    if args.use_reader:
+        check_reader_spec(args.reader)
+    train = load_silver(args.silver)[: args.limit]
+    if not train:
+        raise InputError(f"{args.silver} holds no silver sequences")
+    dev = load_silver(args.dev_silver, option="--dev-silver") if args.dev_silver else None
+    bridge = build_bridge(args)
     reader = build_reader(args) if args.use_reader else None
-    trainer = SLTrainer(build_bridge(args), config, train, dev_data=dev, reader=reader)
+    trainer = SLTrainer(bridge, config, train, dev_data=dev, reader=reader)
     result = trainer.train()
     if trainer.accelerator.is_main_process:
-        logger.info(
-            "SL done: %d steps, best dev metric %s; bridges in %s/{best,final}",
-            result.global_step,
-            result.best_metric,
-            result.output_dir,
-        )
+        logger.info("SL done: %d steps, best dev metric %s; %s", result.global_step, result.best_metric,
+                    _written(Path(result.output_dir)))
     return 0
 
 
-def _load_queries(path: Path | None, traces: Path | None, args: argparse.Namespace) -> list[Any]:
-    from bgm_model.data import examples_from_traces, load_examples
-
+def _load_queries(path: Path | None, traces: Path | None, args: argparse.Namespace, option: str) -> list[Any]:
     if traces is not None:
-        from bgm_model.traces import read_traces
-
-        return examples_from_traces(read_traces(traces))[: args.limit]
-    assert path is not None
-    return load_examples(path, corpus=args.corpus, top_k=args.top_k, limit=args.limit)
+        examples = load_examples_from_traces(traces)[: args.limit]
+    else:
+        assert path is not None
+        examples = load_dataset(path, option=option, corpus=args.corpus, top_k=args.top_k, limit=args.limit)
+    if not examples:
+        raise InputError(f"no questions with gold answers in {traces or path}")
+    return examples
 
 
 def _run_rl(args: argparse.Namespace) -> int:
@@ -173,18 +217,27 @@ def _run_rl(args: argparse.Namespace) -> int:
     from bgm_model.training.rl_trainer import RLTrainer
 
     if (args.data is None) == (args.traces is None):
-        raise SystemExit("give exactly one of --data and --traces")
+        raise UsageError("give exactly one of --data and --traces")
     config = config_from_args(args, RLConfig)
-    train = _load_queries(args.data, args.traces, args)
-    dev = _load_queries(args.dev_data, None, args) if args.dev_data else None
-    trainer = RLTrainer(build_bridge(args), config, train, reader=build_reader(args), dev_data=dev)
+    check_reader_spec(args.reader)
+    train = _load_queries(args.data, args.traces, args, "--data")
+    dev = _load_queries(args.dev_data, None, args, "--dev-data") if args.dev_data else None
+    bridge = build_bridge(args)
+    trainer = RLTrainer(bridge, config, train, reader=build_reader(args), dev_data=dev)
     result = trainer.train()
     if trainer.accelerator.is_main_process:
-        logger.info(
-            "RL done: %d steps, best dev reward %s (step %s; 0 = the starting bridge); bridges in %s/{best,final}",
-            result.global_step,
-            result.best_metric,
-            result.best_step,
-            result.output_dir,
-        )
+        logger.info("RL done: %d steps, best dev reward %s (step %s; 0 = the starting bridge); %s",
+                    result.global_step, result.best_metric, result.best_step, _written(Path(result.output_dir)))
     return 0
+
+
+def _written(out: Path) -> str:
+    """Where a stage's bridges and resume state are, as the module docstring describes them."""
+    from bgm_model.training.checkpoints import BEST_DIR, CHECKPOINT_DIR, FINAL_DIR
+
+    parts = [f"trained bridge {(out / FINAL_DIR).resolve()}"]
+    if (out / BEST_DIR).exists():
+        parts.append(f"best dev bridge {(out / BEST_DIR).resolve()}")
+    if (out / CHECKPOINT_DIR).exists():
+        parts.append(f"resume state {(out / CHECKPOINT_DIR).resolve()} (delete it when done)")
+    return "; ".join(parts)

@@ -87,15 +87,16 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def render_model_card(data: ModelCardData) -> str:
+    from huggingface_hub import ModelCardData as HubCardData
+
     s = data.settings
+    header = HubCardData(
+        library_name="bgm-bridge", pipeline_tag="text-ranking",
+        tags=["bgm-bridge", "retrieval-augmented-generation", "reranking"],
+    )
     lines = [
         "---",
-        "library_name: bgm-bridge",
-        "tags:",
-        "- bgm-bridge",
-        "- retrieval-augmented-generation",
-        "- reranking",
-        "pipeline_tag: text-ranking",
+        header.to_yaml(),
         "---",
         "",
         "# BGM bridge model",
@@ -146,7 +147,9 @@ def render_model_card(data: ModelCardData) -> str:
 
 
 def write_model_card(data: ModelCardData, path: Any) -> None:
-    """Write ``README.md`` into the folder ``path``."""
+    """Write ``README.md`` into the folder ``path`` (a ``huggingface_hub.ModelCard``: pushable to a hub as is)."""
     from pathlib import Path
 
-    (Path(path) / "README.md").write_text(render_model_card(data), encoding="utf-8")
+    from huggingface_hub import ModelCard
+
+    ModelCard(render_model_card(data)).save(Path(path) / "README.md")

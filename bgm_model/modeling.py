@@ -6,6 +6,8 @@ concatenated rows of one query and emits ID tokens (``[P0]``, ``[P1]``, ...) and
 Decoding is constrained: at every step only IDs of passages that exist (and have not reached
 ``max_repeats``) and the end token have non-zero probability, so every output is a valid passage sequence.
 Training (teacher forcing, RL) uses the very same constrained distribution, see :meth:`step_log_probs`.
+At inference two more limits can join the mask: a token budget for the chosen context
+(``max_context_tokens``) and a score threshold (``min_score``), see :meth:`BridgeModel.bridge_batch`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import inspect
 import json
 import logging
 import math
+import operator
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +32,7 @@ from .config import CONFIG_KEY, BridgeConfig
 from .errors import BridgeError, BridgeLoadError, TooManyPassagesError
 from .model_card import TRAINING_KEY, ModelCardData, TrainingRecord, write_model_card
 from .outputs import BridgeResult
+from .protocols import TokenCounter
 from .validation import check_count, check_unicode
 from .version import __version__
 
@@ -505,16 +509,24 @@ class BridgeModel(nn.Module):
         return action
 
     def _action_log_probs(
-        self, action_logits: torch.Tensor, counts: torch.Tensor, n_passages: torch.Tensor, forced_end: torch.Tensor
+        self,
+        action_logits: torch.Tensor,
+        counts: torch.Tensor,
+        n_passages: torch.Tensor,
+        forced_end: torch.Tensor,
+        fits: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Log-probabilities over the K+1 actions with invalid actions masked.
 
         action_logits (..., K+1); counts (..., K) times each ID was already emitted; n_passages
-        broadcastable to (...); forced_end (...) bool, True where the length cap forces the end.
+        broadcastable to (...); forced_end (...) bool, True where the length cap forces the end; fits
+        (..., K) bool, False where a passage no longer fits the token budget (None: no budget).
         """
         k = self.config.max_passages
         ids = torch.arange(k, device=action_logits.device)
         allowed = (ids < n_passages.unsqueeze(-1)) & (counts < self.config.max_repeats) & ~forced_end.unsqueeze(-1)
+        if fits is not None:
+            allowed = allowed & fits
         allowed = torch.cat([allowed, torch.ones_like(allowed[..., :1])], dim=-1)
         return torch.log_softmax(action_logits.masked_fill(~allowed, float("-inf")), dim=-1)
 
@@ -538,20 +550,30 @@ class BridgeModel(nn.Module):
         temperature: float,
         generator: torch.Generator | None,
         min_length: int = 0,
+        costs: torch.Tensor | None = None,
+        budget: int | None = None,
+        min_score: float | None = None,
     ) -> list[BridgeResult]:
+        """Decode a batch; ``costs`` (B, K) tokens of each passage and ``budget`` turn on the token budget,
+        ``min_score`` the score threshold (see :meth:`bridge_batch`)."""
         k, max_len = self.config.max_passages, self.config.max_output_length
         batch = enc.hidden.shape[0]
         counts = torch.zeros(batch, k, dtype=torch.long, device=self.device)
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         decoder_input = torch.full((batch, 1), self._start_token_id, dtype=torch.long, device=self.device)
-        actions, log_probs, cache = [], [], None
+        remaining = None  # tokens of the budget still free, per row
+        if costs is not None and budget is not None:
+            remaining = torch.full((batch,), min(budget, 2**62), dtype=torch.long, device=self.device)
+        actions, log_probs, alt_actions, alt_log_probs, cache = [], [], [], [], None
         for step in range(max_len + 1):
             out = self._decoder_logits(enc, decoder_input, cache)
             cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
             forced = torch.full((batch,), step == max_len, device=self.device)
             logits = self._action_logits(out, enc, last_only=True)
             _check_finite(logits, finished)
-            lp = self._action_log_probs(logits, counts, enc.n_passages, forced)
+            # A passage fits while the tokens chosen so far plus its own stay within the budget.
+            fits = None if remaining is None or costs is None else costs <= remaining.unsqueeze(-1)
+            lp = model_lp = self._action_log_probs(logits, counts, enc.n_passages, forced, fits)
             if step < min_length:
                 # No end while an ID is still allowed: at least min_length IDs (or all there may be).
                 can_continue = torch.isfinite(lp[..., :k]).any(-1, keepdim=True)
@@ -561,11 +583,28 @@ class BridgeModel(nn.Module):
                 action = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             else:
                 action = lp.argmax(-1)
+            stopped = None
+            if min_score is not None:
+                # The threshold is checked on the very number reported in ``scores`` (same float maths).
+                picked = lp.gather(-1, action.unsqueeze(-1)).squeeze(-1).tolist()
+                below = [a < k and _prob(x) < min_score for a, x in zip(action.tolist(), picked)]
+                stopped = torch.tensor(below, dtype=torch.bool, device=self.device)
+                action = torch.where(stopped, torch.full_like(action, k), action)
             action = torch.where(finished, torch.full_like(action, k), action)
             actions.append(action)
-            log_probs.append(lp.gather(-1, action.unsqueeze(-1)).squeeze(-1).masked_fill(finished, 0.0))
+            chosen_lp = lp.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+            if stopped is not None:
+                # An end that the threshold imposed: its log-probability before min_length's mask (finite).
+                chosen_lp = torch.where(stopped, model_lp[..., k], chosen_lp)
+            log_probs.append(chosen_lp.masked_fill(finished, 0.0))
+            alt_lp, alt_action = lp.scatter(-1, action.unsqueeze(-1), float("-inf")).max(-1)
+            alt_actions.append(alt_action)
+            alt_log_probs.append(alt_lp)
             is_end = action == k
-            counts += nn.functional.one_hot(action.clamp(max=k - 1), k) * (~is_end & ~finished).unsqueeze(-1)
+            emitted = ~is_end & ~finished
+            counts += nn.functional.one_hot(action.clamp(max=k - 1), k) * emitted.unsqueeze(-1)
+            if remaining is not None and costs is not None:
+                remaining -= costs.gather(-1, action.clamp(max=k - 1).unsqueeze(-1)).squeeze(-1) * emitted
             finished |= is_end
             if bool(finished.all()):
                 break
@@ -573,23 +612,44 @@ class BridgeModel(nn.Module):
 
         action_rows = torch.stack(actions, 1).tolist()
         lp_rows = torch.stack(log_probs, 1).tolist()
+        alt_rows = torch.stack(alt_actions, 1).tolist()
+        alt_lp_rows = torch.stack(alt_log_probs, 1).tolist()
         results = []
-        for acts, lps in zip(action_rows, lp_rows):
+        for acts, lps, alts, alt_lps in zip(action_rows, lp_rows, alt_rows, alt_lp_rows):
             n_ids = acts.index(k) if k in acts else len(acts)
             n_steps = min(n_ids + 1, len(acts))
             results.append(
                 BridgeResult(
                     ids=acts[:n_ids],
-                    scores=[float(torch.tensor(x).exp()) for x in lps[:n_ids]],
+                    scores=[_prob(x) for x in lps[:n_ids]],
                     step_log_probs=lps[:n_steps],
+                    alternatives=[
+                        (None if a == k else a, _prob(x)) if math.isfinite(x) else (None, 0.0)
+                        for a, x in zip(alts[:n_ids], alt_lps[:n_ids])
+                    ],
                 )
             )
         return results
 
     # ------------------------------------------------------------------ public inference API
-    def bridge(self, query: str, passages: Sequence[str], *, on_error: OnError = "raise") -> BridgeResult:
-        """The passage sequence for one query. ``[]`` passages give an empty result without a model call."""
-        return self.bridge_batch([query], [passages], on_error=on_error)[0]
+    def bridge(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        on_error: OnError = "raise",
+        max_context_tokens: int | None = None,
+        count_tokens: TokenCounter | None = None,
+        min_score: float | None = None,
+    ) -> BridgeResult:
+        """The passage sequence for one query. ``[]`` passages give an empty result without a model call.
+
+        The keywords are those of :meth:`bridge_batch`.
+        """
+        return self.bridge_batch(
+            [query], [passages], on_error=on_error,
+            max_context_tokens=max_context_tokens, count_tokens=count_tokens, min_score=min_score,
+        )[0]
 
     def bridge_batch(
         self,
@@ -599,6 +659,9 @@ class BridgeModel(nn.Module):
         batch_size: int = 16,
         on_error: OnError = "raise",
         min_length: int = 0,
+        max_context_tokens: int | None = None,
+        count_tokens: TokenCounter | None = None,
+        min_score: float | None = None,
     ) -> list[BridgeResult]:
         """Greedy passage sequences for many queries, ``batch_size`` queries per forward pass.
 
@@ -606,11 +669,38 @@ class BridgeModel(nn.Module):
         ``0..n-1``, ``fallback=True``) with a logged warning; invalid arguments always raise.
         ``min_length`` forbids the end before that many IDs (while any ID is still allowed): the constrained
         decoder then picks the most probable passages; 0 lets the bridge decide, as it was trained to.
+
+        ``max_context_tokens`` (an int >= 0) is a token budget for the chosen context: the decoder never
+        emits an ID whose passage would bring the tokens of the passages chosen so far past it (a repeated
+        passage counts again), so ``sum(tokens(passages[i]) for i in result.ids) <= max_context_tokens``. A
+        passage longer than the whole budget is never chosen; once nothing fits, only the end is allowed.
+        The budget is part of the constrained distribution (masked IDs get probability 0, ``scores``
+        renormalise over what fits), not a filter afterwards. Tokens are counted on each passage's text as
+        given (not cut to ``max_passage_tokens``), once per distinct text per call, by ``count_tokens``: a
+        callable ``text -> int``, or a tokenizer whose ``encode(text)`` is measured (transformers tokenizers
+        without special tokens, tiktoken with special-token text read as text); ``None``: the bridge's own
+        tokenizer, without special tokens. ``count_tokens`` is not used without ``max_context_tokens``.
+
+        ``min_score`` (a probability in [0, 1]) ends the sequence at the first step whose chosen ID has a
+        probability below it: that ID is not emitted and decoding stops there. So every returned score is
+        ``>= min_score``, and ``ids`` is the longest prefix of the output without ``min_score`` whose scores
+        all reach it (the IDs and scores of that prefix are unchanged). The score is the one reported in
+        ``scores``, i.e. after ``min_length`` and the budget shaped the distribution; ``min_score`` wins
+        over ``min_length`` (the result can be shorter than ``min_length``). ``min_score=0`` changes nothing.
+
+        The budget holds for the ``passthrough`` fallback too: it returns the passages in input order, skipping
+        each one that no longer fits. The fallback has no scores (its ``scores`` are 0.0, its ``alternatives``
+        ``(None, 0.0)``), so ``min_score`` does not apply to it. ``None``, the default, turns a limit off; the
+        outputs are then exactly those without it. A bad value raises ``TypeError`` / ``ValueError`` naming
+        the argument; so does a ``count_tokens`` that returns anything but an int >= 0 (even with
+        ``on_error='passthrough'``: the counts are taken before the model runs).
         """
         if isinstance(min_length, bool) or not isinstance(min_length, int) or min_length < 0:
             raise TypeError(f"min_length must be an int >= 0, got {min_length!r}")
+        _check_limits(max_context_tokens, count_tokens, min_score)
         return self._run(
-            queries, passages_per_query, batch_size, on_error, num_samples=1, do_sample=False, min_length=min_length
+            queries, passages_per_query, batch_size, on_error, num_samples=1, do_sample=False, min_length=min_length,
+            max_context_tokens=max_context_tokens, count_tokens=count_tokens, min_score=min_score,
         )
 
     def sample(
@@ -652,6 +742,9 @@ class BridgeModel(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         min_length: int = 0,
+        max_context_tokens: int | None = None,
+        count_tokens: TokenCounter | None = None,
+        min_score: float | None = None,
     ) -> list[BridgeResult]:
         if on_error not in ("raise", "passthrough"):
             raise ValueError(f"on_error must be 'raise' or 'passthrough', got {on_error!r}")
@@ -669,6 +762,8 @@ class BridgeModel(nn.Module):
             raise ValueError(f"{len(queries)} queries but {len(passages_per_query)} passage lists")
         check_count("batch_size", batch_size)
         checked = [self._check_inputs(q, ps) for q, ps in zip(queries, passages_per_query)]
+        # Token counts once per call, before the model runs: a bad counter is a bad argument, never a fallback.
+        costs = None if max_context_tokens is None else self._passage_tokens(checked, count_tokens)
 
         results: list[BridgeResult | None] = [None] * (len(queries) * num_samples)
         todo = [i for i, ps in enumerate(checked) if ps]
@@ -684,11 +779,18 @@ class BridgeModel(nn.Module):
                 try:
                     with torch.inference_mode():
                         enc = self._encode([queries[i] for i in chunk], [checked[i] for i in chunk])
+                        chunk_costs = None
+                        if costs is not None:
+                            chunk_costs = torch.zeros(len(chunk), self.config.max_passages, dtype=torch.long)
+                            for row, i in enumerate(chunk):
+                                chunk_costs[row, : len(costs[i])] = torch.tensor(costs[i], dtype=torch.long)
+                            chunk_costs = chunk_costs.to(self.device)
                         if num_samples > 1:
                             enc = enc.repeat(num_samples)
+                            chunk_costs = None if chunk_costs is None else chunk_costs.repeat_interleave(num_samples, 0)
                         outs = self._generate(
                             enc, do_sample=do_sample, temperature=temperature, generator=generator,
-                            min_length=min_length,
+                            min_length=min_length, costs=chunk_costs, budget=max_context_tokens, min_score=min_score,
                         )
                 except Exception:
                     if on_error == "raise":
@@ -698,7 +800,7 @@ class BridgeModel(nn.Module):
                         "(on_error='passthrough')", len(chunk), exc_info=True,
                     )
                     outs = [
-                        BridgeResult(ids=list(range(len(checked[i]))), scores=[0.0] * len(checked[i]), fallback=True)
+                        _passthrough(len(checked[i]), None if costs is None else costs[i], max_context_tokens)
                         for i in chunk for _ in range(num_samples)
                     ]
                 for j, i in enumerate(chunk):
@@ -707,6 +809,18 @@ class BridgeModel(nn.Module):
         finally:
             self.train(was_training)
         return [r for r in results if r is not None]
+
+    def _passage_tokens(self, passage_lists: Sequence[Sequence[str]], count_tokens: TokenCounter | None) -> list[list[int]]:
+        """Tokens of each passage for the budget (text as given, no special tokens), each distinct text once."""
+        texts = list(dict.fromkeys(p for ps in passage_lists for p in ps))
+        if count_tokens is None:
+            encoded = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+            counts = [len(ids) for ids in encoded]
+        else:
+            count = _counter(count_tokens)
+            counts = [_checked_token_count(count(text), text) for text in texts]
+        table = dict(zip(texts, counts))
+        return [[table[p] for p in ps] for ps in passage_lists]
 
     # ------------------------------------------------------------------ training API
     def forward(
@@ -803,6 +917,85 @@ class BridgeModel(nn.Module):
         """Log-probability (with gradients) of each whole target sequence, shape (B,)."""
         log_probs, _ = self.step_log_probs(queries, passages_per_query, id_sequences)
         return log_probs.sum(-1)
+
+
+def _prob(log_prob: float) -> float:
+    """The probability reported for a step's log-probability (one formula for scores, alternatives, threshold)."""
+    return float(torch.tensor(log_prob).exp())
+
+
+def _passthrough(n: int, costs: list[int] | None, budget: int | None) -> BridgeResult:
+    """The fallback result: the passages in input order, each one skipped that no longer fits the budget."""
+    ids = list(range(n))
+    if costs is not None and budget is not None:
+        ids, used = [], 0
+        for i, cost in enumerate(costs):
+            if used + cost <= budget:
+                ids.append(i)
+                used += cost
+    return BridgeResult(ids=ids, scores=[0.0] * len(ids), fallback=True, alternatives=[(None, 0.0)] * len(ids))
+
+
+def _check_limits(max_context_tokens: Any, count_tokens: Any, min_score: Any) -> None:
+    """Refuse bad budget / threshold arguments by name, before any work."""
+    if max_context_tokens is not None:
+        if isinstance(max_context_tokens, bool) or not isinstance(max_context_tokens, int):
+            raise TypeError(
+                f"max_context_tokens must be an int >= 0 or None, got {max_context_tokens!r} "
+                f"({type(max_context_tokens).__name__})"
+            )
+        if max_context_tokens < 0:
+            raise ValueError(f"max_context_tokens must be >= 0, got {max_context_tokens}")
+    if count_tokens is not None and (
+        isinstance(count_tokens, (str, bytes)) or not (callable(getattr(count_tokens, "encode", None)) or callable(count_tokens))
+    ):
+        raise TypeError(
+            "count_tokens must be a callable (text -> int), a tokenizer object with .encode(text), or None; got "
+            f"{count_tokens!r} ({type(count_tokens).__name__})"
+        )
+    if min_score is not None:
+        if isinstance(min_score, bool) or not isinstance(min_score, (int, float)):
+            raise TypeError(f"min_score must be a number in [0, 1] or None, got {min_score!r} ({type(min_score).__name__})")
+        if not (math.isfinite(min_score) and 0.0 <= min_score <= 1.0):
+            raise ValueError(f"min_score must be a probability in [0, 1], got {min_score}")
+
+
+def _counter(count_tokens: TokenCounter) -> Callable[[str], Any]:
+    """``count_tokens`` as a function of the text: a tokenizer's ``encode`` is measured, a callable is called."""
+    encode = getattr(count_tokens, "encode", None)
+    if not callable(encode):
+        return count_tokens  # type: ignore[return-value]
+    try:
+        params = inspect.signature(encode).parameters
+    except (TypeError, ValueError):  # some compiled methods have no signature
+        params = {}  # type: ignore[assignment]
+    kwargs: dict[str, Any] = {}
+    if "add_special_tokens" in params:  # transformers, tokenizers: count the text alone
+        kwargs["add_special_tokens"] = False
+    elif "disallowed_special" in params:  # tiktoken: "<|endoftext|>" in a passage is text, not an error
+        kwargs["disallowed_special"] = ()
+
+    def measured(text: str) -> Any:
+        tokens = encode(text, **kwargs)
+        if not hasattr(tokens, "__len__"):
+            raise TypeError(f"count_tokens.encode must return the tokens (a list), got {type(tokens).__name__}")
+        return len(tokens)
+
+    return measured
+
+
+def _checked_token_count(n: Any, text: str) -> int:
+    try:
+        if isinstance(n, bool):  # an int subclass, but True is not a count
+            raise TypeError
+        value = operator.index(n)
+    except TypeError:
+        raise TypeError(
+            f"count_tokens must return an int, got {n!r} ({type(n).__name__}) for the passage {text[:40]!r}"
+        ) from None
+    if value < 0:
+        raise ValueError(f"count_tokens must return a count >= 0, got {value} for the passage {text[:40]!r}")
+    return value
 
 
 def _check_finite(action_logits: torch.Tensor, finished: torch.Tensor) -> None:

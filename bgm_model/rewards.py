@@ -14,7 +14,7 @@ name           meaning                                                          
 ``f1``         SQuAD token F1, max over golds                                           [0, 1]
 ``contains``   a normalised gold appears in the normalised answer (on word boundaries)  {0, 1}
 ``bleu``       sentence BLEU (sacrebleu) against all golds, divided by 100              [0, 1]
-``rougeL``     ROUGE-L F-measure (LCS over normalised tokens), max over golds           [0, 1]
+``rougeL``     ROUGE-L F-measure (rouge-score, over normalised tokens), max over golds  [0, 1]
 ``loglik``     mean per-token log-likelihood of the best gold answer under the reader  (-inf, 0]
 =============  ======================================================================  =========
 
@@ -181,32 +181,30 @@ def bleu(answer: str, gold_answers: Sequence[str], **context: Any) -> float:
     return float(sacrebleu.sentence_bleu(answer, golds).score) / 100.0
 
 
-def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
+class _NormalisedTokens:
+    """rouge-score's tokenizer interface over the SQuAD normalisation, so ROUGE-L, EM and F1 agree on tokens."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return normalize_answer(text).split()
 
 
 @_bounded(1.0)
 def rouge_l(answer: str, gold_answers: Sequence[str], **context: Any) -> float:
-    """ROUGE-L F1 (beta = 1): LCS of normalised tokens; the maximum over golds."""
+    """ROUGE-L F1 (beta = 1) of normalised tokens, computed by the ``rouge-score`` package; max over golds."""
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError as e:
+        raise ImportError(
+            "The 'rougeL' reward needs rouge-score: pip install rouge-score (or pip install 'bgm-bridge[train]')"
+        ) from e
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_NormalisedTokens())
     pred = normalize_answer(answer).split()
     best = 0.0
     for gold in _golds(gold_answers):
-        ref = normalize_answer(gold).split()
-        if not pred or not ref:
-            best = max(best, float(pred == ref))
+        if not pred or not normalize_answer(gold).split():
+            best = max(best, float(pred == normalize_answer(gold).split()))
             continue
-        lcs = _lcs_length(pred, ref)
-        if lcs:
-            precision, recall = lcs / len(pred), lcs / len(ref)
-            best = max(best, 2 * precision * recall / (precision + recall))
+        best = max(best, float(scorer.score(gold, answer)["rougeL"].fmeasure))
     return best
 
 

@@ -1,4 +1,5 @@
-"""LangChain adapters: ``BGMDocumentCompressor`` and the trace recorder ``BGMTraceCallbackHandler``.
+"""LangChain adapters: ``BGMDocumentCompressor``, ``BGMRetriever`` (``k`` and batching) and the trace recorder
+``BGMTraceCallbackHandler``.
 
 Requires ``pip install "bgm-bridge[langchain]"``.
 """
@@ -14,13 +15,13 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         'bgm_integrations.langchain needs LangChain: pip install "bgm-bridge[langchain]"'
     ) from e
 
-from .compressor import BGMDocumentCompressor
+from .compressor import BGMDocumentCompressor, BGMRetriever
 
 if TYPE_CHECKING:
     from .reader import LangChainReader
     from .tracing import BGMTraceCallbackHandler
 
-__all__ = ["BGMDocumentCompressor", "BGMTraceCallbackHandler", "LangChainReader"]
+__all__ = ["BGMDocumentCompressor", "BGMRetriever", "BGMTraceCallbackHandler", "LangChainReader"]
 
 
 def __getattr__(name: str) -> Any:

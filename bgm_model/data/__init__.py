@@ -8,16 +8,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from bgm_model.data.examples import (
-    PASSAGE_FORMAT,
-    Corpus,
-    QAExample,
-    examples_from_traces,
-    load_corpus,
-    load_examples,
-    render_passage,
-)
+from bgm_model.data.examples import Corpus, QAExample, examples_from_traces, load_corpus, load_examples
 from bgm_model.data.jsonl import JsonlError, iter_jsonl, iter_jsonl_rows
+
+# Passage rendering lives in the core (the adapters use it too); re-exported here where it always was.
+from bgm_model.passages import PASSAGE_FORMAT, render_passage
 
 if TYPE_CHECKING:
     from bgm_model.data.retrieval import DenseRetriever, Embedder, MiniLMEmbedder

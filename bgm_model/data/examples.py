@@ -7,10 +7,11 @@ Two on-disk formats (JSON Lines, one question per line) are supported by :func:`
 * **retrieval** (NQ-open): ``{"id", "question", "answers", "gold_passage_ids"}`` plus a corpus
   ``{"id", "title", "text"}``; the candidates are the ``top_k`` corpus passages by all-MiniLM-L6-v2.
 
-Passage rendering: a passage with a title becomes ``"(Title: <title>) <text>"`` (the convention of
-"Lost in the Middle", where our NQ passages come from), without a title just ``<text>``. It stays on one line
-so that each passage is one ``Passage n:`` line in the reader's prompt. The same rendering is embedded for
-retrieval. :attr:`QAExample.passages` holds the rendered texts; titles and raw ids are kept alongside.
+Passage rendering (:mod:`bgm_model.passages`, shared with the adapters and traces): a passage with a title
+becomes ``"(Title: <title>) <text>"`` (the convention of "Lost in the Middle", where our NQ passages come
+from), without a title just ``<text>``. It stays on one line so that each passage is one ``Passage n:`` line
+in the reader's prompt. The same rendering is embedded for retrieval. :attr:`QAExample.passages` holds the
+rendered texts; titles and raw ids are kept alongside.
 
 ``is_gold`` / ``gold_passage_ids`` become :attr:`QAExample.gold`, for analysis only: training code must not
 read it (a real user has no such labels).
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bgm_model.data.jsonl import iter_jsonl
+from bgm_model.passages import DEFAULT_TITLE_KEY, PASSAGE_FORMAT, render_document, render_passage
 
 if TYPE_CHECKING:
     from bgm_model.data.retrieval import DenseRetriever, Embedder
@@ -44,10 +46,6 @@ __all__ = [
     "load_examples",
     "render_passage",
 ]
-
-#: How a titled passage is rendered (see the module docstring).
-PASSAGE_FORMAT = "(Title: {title}) {text}"
-
 
 @dataclass
 class QAExample:
@@ -93,13 +91,6 @@ class QAExample:
     def from_dict(cls, data: dict[str, Any]) -> QAExample:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def render_passage(title: str | None, text: str) -> str:
-    """``"(Title: <title>) <text>"``, or just the text when there is no title; newlines become spaces."""
-    text = " ".join(text.split())
-    title = " ".join((title or "").split())
-    return PASSAGE_FORMAT.format(title=title, text=text) if title else text
 
 
 @dataclass
@@ -255,11 +246,16 @@ def _retrieve_into(
 # --------------------------------------------------------------------------------------------------
 # Traces hook
 # --------------------------------------------------------------------------------------------------
-def examples_from_traces(traces: Iterable[Any], *, require_answers: bool = True) -> list[QAExample]:
+def examples_from_traces(
+    traces: Iterable[Any], *, require_answers: bool = True, title_key: str | None = DEFAULT_TITLE_KEY
+) -> list[QAExample]:
     """Turn logged RAG traces into examples.
 
     Each trace needs ``.query`` (str), ``.passages`` (objects with ``.content``, the OpenInference
-    ``document.content``; plain strings are accepted too) and ``.gold_answers`` (list of str). The id is the
+    ``document.content``, and optionally ``.metadata``; plain strings are accepted too) and ``.gold_answers``
+    (list of str). Each passage is rendered as the adapters render it for the bridge
+    (:func:`~bgm_model.passages.render_document`: the title from ``metadata[title_key]``, set ``title_key``
+    as the adapter's), so training sees the strings the bridge saw when serving. The id is the
     trace's ``.id`` or ``.trace_id`` if it has one, else a hash of query and passages. Traces without gold
     answers are skipped (with one warning) when ``require_answers`` is set, since no reward can score them.
     """
@@ -274,7 +270,7 @@ def examples_from_traces(traces: Iterable[Any], *, require_answers: bool = True)
             content = p if isinstance(p, str) else getattr(p, "content", None)
             if not isinstance(content, str):
                 raise ValueError(f"trace {n}: every passage needs a string .content")
-            passages.append(content)
+            passages.append(render_document(content, getattr(p, "metadata", None), title_key=title_key))
         answers = list(getattr(trace, "gold_answers", None) or [])
         if require_answers and not answers:
             skipped += 1

@@ -93,13 +93,19 @@ class EvaluationReport:
 
 
 def bootstrap_ci(values: Sequence[float], *, samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (``scipy.stats.bootstrap``); constant values: that value twice."""
     if not values:
         return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
     arr = np.asarray(values, dtype=float)
-    means = arr[rng.integers(0, len(arr), size=(samples, len(arr)))].mean(axis=1)
-    alpha = (1 - level) / 2
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+    if np.all(arr == arr[0]):  # every resample has this mean (and scipy needs two distinct observations)
+        return (float(arr[0]), float(arr[0]))
+    from scipy.stats import bootstrap
+
+    result = bootstrap(
+        (arr,), np.mean, n_resamples=samples, confidence_level=level, method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def prompt_tokens(reader: Reader, question: str, passages: Sequence[str]) -> int:

@@ -21,10 +21,20 @@ logger = logging.getLogger(__name__)
 #: Metadata keys the bridge adapters put on their output documents / nodes.
 BGM_SOURCE_INDEX = "bgm_source_index"
 BGM_RANK = "bgm_rank"
+#: ``"bridge"`` for the bridge's own choices; ``"fill"`` / ``"overflow"`` for passages the adapter added
+#: (``min_n``, ``overflow_rest="append"``), which are not recorded as bridge output.
+BGM_ORIGIN = "bgm_origin"
+#: Why the bridge chose a passage: the strongest alternative at that step (input index, None = "end").
+BGM_ALTERNATIVE = "bgm_alternative"
+BGM_ALTERNATIVE_SCORE = "bgm_alternative_score"
 #: Metadata keys read as a passage's retriever score, in order of preference.
 SCORE_KEYS: tuple[str, ...] = ("score", "relevance_score", "similarity_score")
 
 RETRIEVER = "retriever"
+
+
+def _optional_index(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 RERANK = "rerank"
 LLM = "llm"
 OTHER = "other"
@@ -189,18 +199,24 @@ def assemble_record(
     extra: dict[str, Any] = dict(metadata or {})
     bridge: BridgeTrace | None = None
     if bridge_run is not None:
-        docs = bridge_run.documents or []
+        docs = [d for d in bridge_run.documents or [] if d.metadata.get(BGM_ORIGIN, "bridge") == "bridge"]
         try:
             indices = [int(d.metadata[BGM_SOURCE_INDEX]) for d in docs]
         except (TypeError, ValueError):
             indices = []
-        if (indices or (bridge_run.bridge_ran and not docs)) and all(0 <= i < len(passages) for i in indices):
+        announced = bridge_run.bridge_ran or _is_bridge_output(bridge_run.documents)
+        if (indices or (announced and not docs)) and all(0 <= i < len(passages) for i in indices):
             bridge = BridgeTrace(
                 ids=[passages[i].id for i in indices],
                 source_indices=indices,
                 # The bridge's own score wins over a retriever "score" copied along in the metadata.
                 scores=[optional_float(d.metadata.get("relevance_score", d.score)) for d in docs],
                 model=bridge_run.model,
+                alternatives=[
+                    (_optional_index(d.metadata.get(BGM_ALTERNATIVE)),
+                     optional_float(d.metadata.get(BGM_ALTERNATIVE_SCORE)))
+                    for d in docs
+                ] if any(BGM_ALTERNATIVE_SCORE in d.metadata for d in docs) else [],
             )
         else:
             logger.warning(

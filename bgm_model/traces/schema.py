@@ -155,13 +155,16 @@ class BridgeTrace:
     """What the bridge output: passage ids in bridge order and their indices into ``TraceRecord.passages``.
 
     A repeated passage appears again (the bridge may repeat). ``scores`` are the bridge's scores when known;
-    a score that is not a finite number (NaN, inf) is written as JSON ``null`` (unknown).
+    a score that is not a finite number (NaN, inf) is written as JSON ``null`` (unknown). ``alternatives``
+    (when the adapter reported them): per output, the strongest alternative at that step as
+    ``[source index or None for "end", probability]`` — why the bridge chose what it chose.
     """
 
     ids: list[str | None]
     source_indices: list[int]
     scores: list[float | None] = field(default_factory=list)
     model: str | None = None
+    alternatives: list[tuple[int | None, float | None]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,6 +173,7 @@ class BridgeTrace:
             "source_indices": [int(i) for i in self.source_indices],
             "scores": [optional_float(s) for s in self.scores],
             "model": self.model,
+            "alternatives": [[None if i is None else int(i), optional_float(p)] for i, p in self.alternatives],
         }
 
     @classmethod
@@ -187,7 +191,18 @@ class BridgeTrace:
             source_indices=indices,
             scores=[optional_float(s) for s in _list(data, "scores", "bridge ")],
             model=_opt_str(data, "model", "bridge "),
+            alternatives=_alternatives(data.get("alternatives")),
         )
+
+
+def _alternatives(value: Any) -> list[tuple[int | None, float | None]]:
+    if value is None:  # written before alternatives were recorded
+        return []
+    if not isinstance(value, list) or not all(
+        isinstance(a, list) and len(a) == 2 and (a[0] is None or _is_int(a[0])) for a in value
+    ):
+        raise TraceFormatError(f"bridge 'alternatives' must be [index or null, probability] pairs, got {value!r:.80}")
+    return [(a[0], optional_float(a[1])) for a in value]
 
 
 @dataclass

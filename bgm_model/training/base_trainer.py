@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,14 +74,10 @@ def make_accelerator(mixed_precision: str = "no") -> Any:
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
+    """Python, numpy and torch (CUDA too) seeded at once: ``transformers.set_seed``."""
+    from transformers import set_seed
 
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover
-        pass
+    set_seed(seed)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 :func:`train_bridge` writes everything under one folder::
 
     silver.jsonl      silver passage sequences (appended as found; an interrupted run resumes)
-    sl/, rl/          trainer logs and checkpoints
+    sl/, rl/          trainer logs and bridges (``final/``, ``best/`` with validation); their resume
+                      ``checkpoint/`` is removed when the stage ends unless ``keep_checkpoints``
     bridge_sl/        the bridge after supervised training
     bridge/           the bridge after RL (absent when ``rl.max_steps == 0``); with ``validation_fraction`` the
                       RL step (the SL start included) with the best validation reward
@@ -222,13 +223,17 @@ def train_bridge(
     *,
     reuse: bool = False,
     bridge: BridgeModel | None = None,
+    keep_checkpoints: bool = False,
 ) -> TrainedBridge:
     """Synthesise silver sequences for ``train_examples``, train a bridge on them (SL), then PPO (RL).
 
     ``bridge`` is the model to train (default: a MiniLM warm start sized by ``recipe``); it is trained in place.
+    ``keep_checkpoints``: keep each trainer's resume state (``sl/checkpoint``, ``rl/checkpoint``: bridge,
+    optimizer, scheduler, ~3x the bridge's size). By default each is removed when its stage has ended, since
+    the stages here never resume (``reuse`` starts again from the saved bridges instead).
     """
     from bgm_model.rewards import get_reward
-    from bgm_model.training.checkpoints import BEST_DIR
+    from bgm_model.training.checkpoints import BEST_DIR, CHECKPOINT_DIR
     from bgm_model.training.examples import split_dev
     from bgm_model.training.rl_trainer import RLTrainer
     from bgm_model.training.silver import read_silver, synthesize_to_file
@@ -313,6 +318,8 @@ def train_bridge(
             (out / SL_SELECTION_FILE).write_text(json.dumps(sl_selection, indent=2))
         bridge.save_pretrained(sl_dir)
         sl_stamp_path.write_text(json.dumps(sl_stamp, indent=2))
+        if not keep_checkpoints:
+            _remove_checkpoint(out / "sl" / CHECKPOINT_DIR)
     seconds["SL"] = time.perf_counter() - t
 
     selection = None
@@ -333,6 +340,8 @@ def train_bridge(
             # The caller's model ends with the weights that ship, as it does without a validation set.
             bridge.load_state_dict(BridgeModel.from_pretrained(out / "rl" / BEST_DIR).state_dict())
         bridge.save_pretrained(rl_dir)
+        if not keep_checkpoints:
+            _remove_checkpoint(out / "rl" / CHECKPOINT_DIR)
         seconds["RL"] = time.perf_counter() - t
     else:
         logger.info("RL skipped (rl.max_steps=0)")
@@ -342,6 +351,16 @@ def train_bridge(
     return TrainedBridge(silver_path, sl_dir, rl_dir if wants_rl else None, stats.reader_calls,
                          stats.naive_reader_calls, reused=False, seconds=seconds, rl_selection=selection,
                          sl_selection=sl_selection, validation_ids=tuple(stamp["validation"]))
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """Delete a trainer's resume checkpoint (and the temp folders of an interrupted write of it)."""
+    import shutil
+
+    for folder in (path, path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")):
+        if folder.exists():
+            shutil.rmtree(folder)
+            logger.info("removed the resume checkpoint %s (keep_checkpoints=False)", folder)
 
 
 def _read_json(path: Path) -> Any:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from bgm_cli.errors import UsageError
 from bgm_cli.main import build_parser
 
 
@@ -74,7 +75,7 @@ def test_demo_flags_and_config_file_reach_the_recipe(tmp_path) -> None:
     written.write_text(json.dumps({"dataset": "hotpotqa", "recipe": recipe.to_dict()}))
     again = config_from_args(build_parser().parse_args(["demo", "--config", str(written)]))
     assert again.recipe == recipe and again.dataset == "nq_open"  # --config is the recipe only
-    with pytest.raises(SystemExit, match="num_samples"):
+    with pytest.raises(UsageError, match="num_samples"):
         config_from_args(build_parser().parse_args(["demo", "--rl-num-samples", "1"]))
 
 
@@ -98,3 +99,77 @@ def test_old_demo_and_cli_paths_still_work_and_stay_lazy() -> None:
     assert run.returncode != 0 and "moved to bgm_cli.main" in run.stderr
     run = subprocess.run([sys.executable, "-m", "bgm_model.cli.main", "--help"], capture_output=True, text=True)
     assert run.returncode == 0 and "usage: bgm" in run.stdout
+
+
+def test_toy_demo_prints_absolute_paths_and_the_loading_code_and_removes_checkpoints(
+        tmp_path, monkeypatch, capsys) -> None:
+    """``bgm demo`` end to end on the toy reader, with a tiny bridge in place of the MiniLM warm start."""
+    import bgm_model.training.pipeline as pipeline
+    from bgm_cli.main import main
+    from bgm_model import BridgeConfig
+    from tests._helpers import make_tiny_bridge
+
+    real_train_bridge, seen = pipeline.train_bridge, {}
+
+    def tiny_train_bridge(*args, **kwargs):
+        seen.update(kwargs)
+        config = BridgeConfig(max_passages=16, max_query_tokens=16, max_passage_tokens=32, max_output_length=3)
+        return real_train_bridge(*args, bridge=make_tiny_bridge(config), **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_bridge", tiny_train_bridge)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--reader", "toy", "--dataset", "hotpotqa", "--train-questions", "3", "--dev-questions",
+                 "2", "--sl-epochs", "1", "--rl-steps", "1", "--rl-samples", "2", "--rl-batch-size", "3",
+                 "--freeze-encoder-layers", "1", "--output-dir", "out"]) == 0
+    out = (tmp_path / "out").resolve()
+    printed = capsys.readouterr().out
+    bridge = out / "bridge"
+    assert f"trained bridge: {bridge}\n" in printed
+    assert f"report: {out / 'report.json'}\n" in printed
+    assert f"plots: {out / 'training_curves.png'}, {out / 'methods.png'}\n" in printed
+    assert f"compressor = BGMDocumentCompressor.from_pretrained({str(bridge)!r})" in printed
+    assert f"postprocessor = BGMNodePostprocessor.from_pretrained({str(bridge)!r})" in printed
+    assert "from bgm_integrations.langchain import BGMDocumentCompressor" in printed
+    assert "from bgm_integrations.llama_index import BGMNodePostprocessor" in printed
+
+    assert seen["keep_checkpoints"] is False
+    assert not [p for p in out.rglob("checkpoint*") if p.is_dir()]  # ~0.3 GB each with the real bridge
+    for name in ("training_curves.png", "methods.png"):
+        png = (out / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000, name
+
+
+def test_keep_checkpoints_is_a_demo_flag() -> None:
+    from bgm_cli.demo import config_from_args
+
+    assert config_from_args(build_parser().parse_args(["demo", "--keep-checkpoints"])).keep_checkpoints is True
+    assert config_from_args(build_parser().parse_args(["demo"])).keep_checkpoints is False
+
+
+def test_the_printed_snippet_loads_the_bridge(tmp_path) -> None:
+    """The code ``bgm demo`` prints runs as printed."""
+    from bgm_cli.demo_app import usage_snippet
+    from tests._helpers import make_tiny_bridge
+
+    make_tiny_bridge().save_pretrained(tmp_path / "bridge")
+    scope: dict[str, object] = {}
+    exec(usage_snippet(tmp_path / "bridge"), scope)  # noqa: S102
+    assert type(scope["compressor"]).__name__ == "BGMDocumentCompressor"
+    assert type(scope["postprocessor"]).__name__ == "BGMNodePostprocessor"
+
+
+def test_plots_are_written_with_one_step_or_none(tmp_path) -> None:
+    """The demo's two figures: non-empty PNGs, also for runs that logged one step or skipped RL."""
+    from bgm_model.evaluation.evaluate import EvaluationReport, MethodResult
+    from bgm_model.evaluation.plots import plot_methods, plot_training_curves
+
+    rows = [{"em": float(i % 2), "f1": 0.5, "contains": float(i % 3 == 0)} for i in range(12)]
+    methods = [MethodResult(name, 0.5, 0.5, 0.33, tokens, 2.0, 0.0, rows) for name, tokens in
+               (("no retrieval", 50.0), ("all, retriever order", 900.0), ("BGM SL+RL", 300.0))]
+    report = EvaluationReport(methods, 12, "toy", 0.0, 0)
+    paths = [plot_methods(tmp_path / "methods.png", report, "contains"),
+             plot_training_curves(tmp_path / "one.png", [{"step": 1, "loss": 3.2}],
+                                  [{"step": 1, "reward": 0.0, "kl": 0.0}]),
+             plot_training_curves(tmp_path / "no_rl.png", [{"step": s, "loss": 1 / s} for s in range(1, 9)], [])]
+    for path in paths:
+        assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000, path

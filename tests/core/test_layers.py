@@ -18,6 +18,7 @@ PACKAGES = ("bgm_model", "bgm_integrations", "bgm_cli", "benchmarks")
 CORE = {
     "bgm_model", "bgm_model.config", "bgm_model.modeling", "bgm_model.outputs", "bgm_model.protocols",
     "bgm_model.errors", "bgm_model.model_card", "bgm_model.assets", "bgm_model.validation", "bgm_model.version",
+    "bgm_model.passages", "bgm_model.selection", "bgm_model.adapter_config",
 }  # fmt: skip
 LIBRARIES = ("bgm_model.readers", "bgm_model.traces", "bgm_model.training", "bgm_model.evaluation", "bgm_model.data",
              "bgm_model.rewards")  # fmt: skip

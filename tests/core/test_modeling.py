@@ -424,6 +424,10 @@ def test_the_model_card_is_rendered_from_training_records_that_survive_save_and_
     assert "| method | contains |" in card and "| BGM | 0.45 |" in card
     assert "### rl" in card and "dev_reward=0.5" in card
     assert f"Passage capacity: {bridge.config.max_passages}" in card
+    from huggingface_hub import ModelCard
+
+    hub_card = ModelCard.load(tmp_path / "rl" / "README.md")  # what a hub shows: metadata parsed from the header
+    assert hub_card.data.library_name == "bgm-bridge" and "reranking" in hub_card.data.tags
 
 
 def test_min_length_forbids_the_end_until_that_many_ids_or_none_is_left() -> None:

@@ -188,3 +188,17 @@ def test_validation_fraction_out_of_range_is_rejected(tmp_path) -> None:
     recipe = replace_config(RECIPE, {"validation_fraction": 1.0})
     with pytest.raises(ValueError, match="validation_fraction"):
         train_bridge(make_toy_examples(2), ToyReader(), tmp_path, recipe)
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["removed", "kept"])
+def test_resume_checkpoints_are_removed_after_training_unless_kept(
+        tmp_path, keep: bool, tiny_make_bridge: Callable[..., BridgeModel]) -> None:
+    """The stages of train_bridge never resume, so their ~3x-bridge-sized ``checkpoint/`` folders go once
+    each stage ended; the bridges (``final/``, ``bridge_sl/``, ``bridge/``) stay."""
+    examples = make_toy_examples(4, n_passages=3, seed=9)
+    trained = train_bridge(examples, ToyReader(cache=False), tmp_path, RECIPE, bridge=tiny_make_bridge(),
+                           keep_checkpoints=keep)
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("checkpoint*") if p.is_dir())
+    assert left == (["rl/checkpoint", "sl/checkpoint"] if keep else [])
+    for folder in (trained.sl_dir, trained.final_dir, tmp_path / "sl" / "final", tmp_path / "rl" / "final"):
+        assert (folder / "config.json").exists(), folder

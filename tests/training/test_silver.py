@@ -370,11 +370,12 @@ def test_cli_reads_traces_with_gold_answers(tmp_path: Path) -> None:
     assert records[0].source == "traces"
 
 
-def test_cli_rejects_an_unknown_reward(tmp_path: Path) -> None:
+def test_cli_rejects_an_unknown_reward(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bgm_cli.main import main
 
-    with pytest.raises(ValueError, match="unknown reward"):
-        main(["synthesize", str(tmp_path / "x.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--reward", "nope"])
+    # a bad command line: one line and exit status 2 (before the missing input is even looked at)
+    assert main(["synthesize", str(tmp_path / "x.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--reward", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("bgm synthesize: error: --reward: unknown reward 'nope'")
 
 
 # -- the real reader --------------------------------------------------------------------------------------------
@@ -473,3 +474,50 @@ def test_every_old_import_of_the_silver_module_still_works() -> None:
     assert silver.step_targets is soft_targets.step_targets and silver.END is soft_targets.END == -1
     assert silver.SilverSequence is sequence.SilverSequence and silver.synthesize is search.synthesize
     assert silver.synthesize_to_file is records.synthesize_to_file and silver.settings_path is records.settings_path
+
+
+# -- progress: it moves as searches end, not as records are yielded in order ---------------------------------
+def _slow_first(n: int = 16) -> list[QAExample]:
+    """The first toy question takes three search rounds; the others are solved by the empty sequence (the
+    toy reader answers "unknown" without the key passage) and end in the first round."""
+    import dataclasses
+
+    examples = make_toy_examples(n, n_passages=4, seed=5)
+    return [examples[0], *(dataclasses.replace(e, answers=["unknown"]) for e in examples[1:])]
+
+
+def test_progress_reports_questions_as_their_search_ends() -> None:
+    from bgm_model.training.silver.search import SearchProgress
+
+    events: list[object] = []
+    records = synthesize(_slow_first(), ToyReader(cache=False), config=SilverConfig(lockstep=16),
+                         progress=events.append)
+    for record in records:
+        events.append(record.id)
+    first_record = next(i for i, e in enumerate(events) if isinstance(e, str))
+    rounds = [e for e in events[:first_record] if isinstance(e, SearchProgress)]
+    # 15 questions ended in round 1, while the first (whose record must come first) needed 3 rounds
+    assert rounds[0] == SearchProgress(round=1, finished=15, done=15, running=1)
+    assert rounds[-1] == SearchProgress(round=3, finished=1, done=16, running=0)
+    assert len(events) - first_record == 16
+
+
+def test_the_silver_bar_moves_before_the_records_are_written(tmp_path: Path, monkeypatch) -> None:
+    """The bar of ``synthesize_to_file`` shows the 15 ended questions while the file is still empty (the bar
+    used to count written records: 0 until the slowest question of the lockstep group was done)."""
+    import tqdm.auto
+
+    out = tmp_path / "silver.jsonl"
+    shown: list[tuple[float, int]] = []
+
+    class RecordingBar(tqdm.auto.tqdm):  # type: ignore[misc,name-defined]
+        def display(self, *args, **kwargs):  # what the user sees, each time it is drawn
+            lines = len(out.read_text().splitlines()) if out.exists() else 0
+            shown.append((self.n, lines))
+            return super().display(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    stats = synthesize_to_file(_slow_first(), ToyReader(cache=False), out, config=SilverConfig(lockstep=16))
+    assert stats.written == 16
+    assert (15, 0) in shown, shown  # drawn at 15/16 before a single record was written
+    assert shown[-1][0] == 16

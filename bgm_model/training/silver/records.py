@@ -20,7 +20,7 @@ from bgm_model.data import QAExample
 from bgm_model.readers.base import Reader
 from bgm_model.rewards import RewardFunc, get_reward, reward_name
 from bgm_model.training.checkpoints import aside_path
-from bgm_model.training.silver.search import CountingReader, SilverConfig, synthesize
+from bgm_model.training.silver.search import CountingReader, SearchProgress, SilverConfig, synthesize
 from bgm_model.training.silver.sequence import SilverSequence, record_problem
 
 logger = logging.getLogger(__name__)
@@ -173,6 +173,10 @@ def synthesize_to_file(
     ``set_aside_mismatched`` such a file is renamed to ``<stem>.<n>.jsonl`` (kept, with its settings) and a
     new one is started: what a pipeline re-run with changed settings wants (the reader cache still has its
     calls).
+
+    The progress bar counts questions as their search ends, after every lockstep round (see
+    :class:`~bgm_model.training.silver.search.SearchProgress`), not as records are written: those wait for the
+    slowest question of their lockstep group.
     """
     path = Path(path)
     if path.exists() and not resume:
@@ -200,20 +204,27 @@ def synthesize_to_file(
         logger.info("%s: %d of %d questions already done, resuming", path, stats.skipped_done, len(examples))
     todo = len(examples) - stats.skipped_done - stats.skipped_no_answers
 
+    from tqdm.auto import tqdm
+
     counting = CountingReader(reader)
+    bar = tqdm(total=todo, desc="silver sequences", unit="q")
+
+    def advance(progress: SearchProgress) -> None:
+        bar.update(progress.finished)
+        # Redraw after every round (update alone is rate-limited: a round that ends many questions at once
+        # would leave the bar behind until the next round, minutes later with a local reader).
+        bar.set_postfix(round=progress.round, searching=progress.running, refresh=True)
 
     def counted() -> Iterator[SilverSequence]:
-        from tqdm.auto import tqdm
-
-        records = synthesize(examples, counting, reward=reward, config=config, skip_ids=done)
-        for rec in tqdm(records, total=todo, desc="silver sequences", unit="q"):
+        records = synthesize(examples, counting, reward=reward, config=config, skip_ids=done, progress=advance)
+        for rec in records:
             stats.written += 1
             stats.reader_calls += rec.reader_calls
             stats.reader_batches = counting.calls
             stats.naive_reader_calls += rec.naive_reader_calls
             if log_every and stats.written % log_every == 0:
                 logger.info(
-                    "%d/%d silver sequences, %d reader calls (naive greedy: %d)",
+                    "%d/%d silver sequences written, %d reader calls (naive greedy: %d)",
                     stats.written,
                     todo,
                     stats.reader_calls,
@@ -221,7 +232,10 @@ def synthesize_to_file(
                 )
             yield rec
 
-    write_silver(counted(), path)
+    try:
+        write_silver(counted(), path)
+    finally:
+        bar.close()
     stats.reader_batches = counting.calls
     logger.info(
         "wrote %d silver sequences to %s: %d reader calls in %d batches (naive greedy: %d, -%.0f%%)",

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -368,19 +368,43 @@ class _Evaluator:
             search.batches += calls
 
 
+@dataclass(frozen=True)
+class SearchProgress:
+    """Where a :func:`synthesize` run stands after one lockstep round (its ``progress`` callback's argument).
+
+    Searches finish out of order (a question solved by its first passage ends rounds before its neighbours)
+    while records are yielded in order, so a caller that counts records sees nothing move until the slowest
+    question of a lockstep group is done; ``finished`` moves as the work does.
+    """
+
+    round: int
+    """Lockstep rounds so far (each one reader batch of every running search; more without batching)."""
+    finished: int
+    """Questions whose search ended in this round."""
+    done: int
+    """Questions whose search has ended so far (yielded or waiting for an earlier one to end)."""
+    running: int
+    """Searches still running."""
+
+
+ProgressCallback = Callable[[SearchProgress], None]
+
+
 def _run_searches(
     examples: Iterable[QAExample],
     reader: Reader,
     primary: RewardFunc,
     secondary: RewardFunc | None,
     config: SilverConfig,
+    progress: ProgressCallback | None = None,
 ) -> Iterator[tuple[_Search, _Outcome]]:
     """Run the searches of ``examples`` in lockstep, ``config.lockstep`` at a time, and yield them in order.
 
     Each round sends the current requests of every running search to the reader together, so the reader's
     batches hold the prompts of many questions (on a CPU, batched decoding of ~50 rows costs little more
     per step than of ~5). A finished search's place goes to the next question at once. Lockstep changes which
-    prompts share a batch, never a search's decisions.
+    prompts share a batch, never a search's decisions. ``progress`` is called after every round, before the
+    records it completed are yielded.
     """
     evaluate = _Evaluator(reader, primary, secondary, config)
     max_value = reward_max_value(primary)
@@ -388,7 +412,7 @@ def _run_searches(
     queue = iter(examples)
     running: list[tuple[int, _Search, Generator[_Request, list[_Eval], _Outcome], _Request]] = []
     finished: dict[int, tuple[_Search, _Outcome]] = {}
-    started = emitted = 0
+    started = emitted = rounds = done = 0
 
     def start(index: int, search: _Search, steps: Generator[_Request, list[_Eval], _Outcome], reply: Any) -> None:
         try:
@@ -413,6 +437,11 @@ def _run_searches(
         advancing, running[:] = list(running), []
         for (index, search, steps, _), reply in zip(advancing, replies, strict=True):
             start(index, search, steps, reply)
+        rounds += 1
+        if progress is not None:
+            ended = emitted + len(finished) - done  # a search never ends before its first round
+            done += ended
+            progress(SearchProgress(round=rounds, finished=ended, done=done, running=len(running)))
 
 
 def _naive_steps_after(stop: str, length: int, max_length: int) -> bool:
@@ -470,11 +499,14 @@ def synthesize(
     reward: str | RewardFunc = "em",
     config: SilverConfig | None = None,
     skip_ids: Iterable[str] = (),
+    progress: ProgressCallback | None = None,
 ) -> Iterator[SilverSequence]:
     """Silver sequences of ``examples``, lazily and in order (searched ``config.lockstep`` at a time).
 
     Examples whose id is in ``skip_ids`` are skipped silently, those without gold answers with a warning.
-    Duplicate ids raise ``ValueError`` (files resume by id, so a duplicate would be lost).
+    Duplicate ids raise ``ValueError`` (files resume by id, so a duplicate would be lost). ``progress`` is
+    called with a :class:`SearchProgress` after every lockstep round, also while the records of the round
+    wait for an earlier, slower question (what a progress bar should follow).
     """
     config = config or SilverConfig()
     primary = get_reward(reward) if isinstance(reward, str) else reward
@@ -494,5 +526,5 @@ def synthesize(
                 continue
             yield ex
 
-    for search, outcome in _run_searches(todo(), reader, primary, secondary, config):
+    for search, outcome in _run_searches(todo(), reader, primary, secondary, config, progress):
         yield _record(search, outcome, primary, config)
