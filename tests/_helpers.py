@@ -10,6 +10,16 @@ import torch
 
 from bgm_model import BridgeConfig, BridgeModel, BridgeResult
 
+#: Six one-line passages the adapter and trace tests retrieve from.
+SAMPLE_TEXTS = [
+    "Hamlet is a tragedy written by William Shakespeare.",
+    "Paris is the capital of France.",
+    "The Eiffel Tower was completed in 1889.",
+    "Shakespeare was born in Stratford-upon-Avon.",
+    "Mount Everest is the highest mountain on Earth.",
+    "The Nile is a major river in Africa.",
+]
+
 
 def make_tiny_bridge(
     config: BridgeConfig | None = None,

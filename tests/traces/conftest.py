@@ -14,14 +14,9 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 
-TEXTS = [
-    "Hamlet is a tragedy written by William Shakespeare.",
-    "Paris is the capital of France.",
-    "The Eiffel Tower was completed in 1889.",
-    "Shakespeare was born in Stratford-upon-Avon.",
-    "Mount Everest is the highest mountain on Earth.",
-    "The Nile is a major river in Africa.",
-]
+from tests._helpers import SAMPLE_TEXTS
+
+TEXTS = SAMPLE_TEXTS
 ANSWER = "William Shakespeare"
 PROMPT = ChatPromptTemplate.from_messages(
     [("system", "Answer from the context."), ("human", "Context:\n{context}\n\nQuestion: {question}")]

@@ -21,16 +21,9 @@ from pydantic import ValidationError
 
 from bgm_integrations.langchain import BGMDocumentCompressor
 from bgm_model import BridgeModel
-from tests._helpers import FixedBridge, fit_bridge_to, make_tiny_bridge
+from tests._helpers import SAMPLE_TEXTS, FixedBridge, fit_bridge_to, make_tiny_bridge
 
-TEXTS = [
-    "Hamlet is a tragedy written by William Shakespeare.",
-    "Paris is the capital of France.",
-    "The Eiffel Tower was completed in 1889.",
-    "Shakespeare was born in Stratford-upon-Avon.",
-    "Mount Everest is the highest mountain on Earth.",
-    "The Nile is a major river in Africa.",
-]
+TEXTS = SAMPLE_TEXTS
 QUERY = "who wrote hamlet?"
 
 

@@ -19,15 +19,9 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
 from bgm_integrations.langchain import BGMDocumentCompressor, BGMRetriever
+from tests._helpers import SAMPLE_TEXTS
 
-TEXTS = [
-    "Hamlet is a tragedy written by William Shakespeare.",
-    "Paris is the capital of France.",
-    "The Eiffel Tower was completed in 1889.",
-    "Shakespeare was born in Stratford-upon-Avon.",
-    "Mount Everest is the highest mountain on Earth.",
-    "The Nile is a major river in Africa.",
-]
+TEXTS = SAMPLE_TEXTS
 
 
 def _vector_retriever() -> BaseRetriever:
