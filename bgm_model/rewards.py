@@ -33,6 +33,7 @@ Composition: :func:`combine` / :func:`weighted` build a weighted sum; :func:`get
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import string
@@ -188,16 +189,22 @@ class _NormalisedTokens:
         return normalize_answer(text).split()
 
 
-@_bounded(1.0)
-def rouge_l(answer: str, gold_answers: Sequence[str], **context: Any) -> float:
-    """ROUGE-L F1 (beta = 1) of normalised tokens, computed by the ``rouge-score`` package; max over golds."""
+@functools.lru_cache(maxsize=1)
+def _rouge_l_scorer() -> Any:
+    # Built once: the reward runs for every sampled answer in RL and silver search.
     try:
         from rouge_score import rouge_scorer
     except ImportError as e:
         raise ImportError(
             "The 'rougeL' reward needs rouge-score: pip install rouge-score (or pip install 'bgm-bridge[train]')"
         ) from e
-    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_NormalisedTokens())
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_NormalisedTokens())
+
+
+@_bounded(1.0)
+def rouge_l(answer: str, gold_answers: Sequence[str], **context: Any) -> float:
+    """ROUGE-L F1 (beta = 1) of normalised tokens, computed by the ``rouge-score`` package; max over golds."""
+    scorer = _rouge_l_scorer()
     pred = normalize_answer(answer).split()
     best = 0.0
     for gold in _golds(gold_answers):
