@@ -465,6 +465,29 @@ def test_resuming_a_file_made_with_other_settings_is_refused_or_set_aside(tmp_pa
     assert json.loads(settings_path(path).read_text())["max_length"] == 2
 
 
+def test_the_settings_name_the_reader_and_the_secondary_it_really_used(tmp_path: Path) -> None:
+    from bgm_model.readers import CallableReader
+    from bgm_model.training.silver import SilverSettingsError, settings_path
+
+    examples = make_toy_examples(2, n_passages=3, seed=0)
+    path = tmp_path / "silver.jsonl"
+    synthesize_to_file(examples, ToyReader(supports_scoring=False), path, reward="em")
+    saved = json.loads(settings_path(path).read_text())
+    # "auto" falls back to F1 for a reader that cannot score (e.g. a chat endpoint): the file says so
+    assert saved["secondary"] == "auto" and saved["secondary_used"] == "f1"
+    assert saved["reader"] == ToyReader().name and len(saved["reader_prompt"]) == 16
+    scoring = tmp_path / "scoring.jsonl"
+    synthesize_to_file(examples, ToyReader(supports_scoring=True), scoring, reward="em")
+    assert json.loads(settings_path(scoring).read_text())["secondary_used"] == "loglik"
+    other = CallableReader(lambda q, ps: "unknown", name="another-llm")
+    with pytest.raises(SilverSettingsError, match="reader: 'toy.*' there, 'another-llm' now"):
+        synthesize_to_file(examples, other, path, reward="em")
+    # a file from before the reader was recorded resumes
+    legacy = {k: v for k, v in saved.items() if k not in ("reader", "reader_prompt", "secondary_used")}
+    settings_path(path).write_text(json.dumps(legacy))
+    assert synthesize_to_file(examples, ToyReader(supports_scoring=False), path, reward="em").written == 0
+
+
 def test_every_old_import_of_the_silver_module_still_works() -> None:
     import bgm_model.training.silver as silver
     from bgm_model.training import soft_targets

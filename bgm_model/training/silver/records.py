@@ -2,26 +2,38 @@
 
 :func:`write_silver` appends flushed lines, :func:`read_silver` and :func:`silver_ids` read them back (a
 truncated last line from a crash is ignored). The search settings of a file are kept beside it
-(:func:`settings_path`). :func:`synthesize_to_file` appends one line per question as it is done and skips ids
-already in the file, so an interrupted run resumes where it stopped.
+(:func:`settings_path`, :func:`read_settings`), with the shard of a split run
+(:mod:`~bgm_model.training.silver.shards`) and, under :data:`EXPECTED_RECORDS`, how many records the file holds
+once its last run is done: a file with fewer was interrupted. :func:`synthesize_to_file` appends one line per
+question as it is done and skips ids already in the file, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bgm_model.data import QAExample
 from bgm_model.readers.base import Reader
 from bgm_model.rewards import RewardFunc, get_reward, reward_name
 from bgm_model.training.checkpoints import aside_path
-from bgm_model.training.silver.search import CountingReader, SearchProgress, SilverConfig, synthesize
+from bgm_model.training.silver.search import (
+    CountingReader,
+    SearchProgress,
+    SilverConfig,
+    resolve_secondary,
+    synthesize,
+)
 from bgm_model.training.silver.sequence import SilverSequence, record_problem
+
+if TYPE_CHECKING:  # shards.py reads and writes silver files with this module
+    from bgm_model.training.silver.shards import Shard
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +130,17 @@ def silver_ids(path: str | os.PathLike[str]) -> set[str]:
 
 
 class SilverSettingsError(ValueError):
-    """A silver file was made with other search settings than the ones asked for."""
+    """A silver file was made with other search settings (or as another shard) than the ones asked for."""
+
+
+#: The settings key of the number of records a silver file holds once its last run is done: the questions
+#: with gold answers that run was given. Updated at the start of every run and not compared on resume (a
+#: resume with a larger ``--limit`` is fine); :func:`~bgm_model.training.silver.shards.merge_silver_files`
+#: refuses a shard file that holds fewer (an interrupted run).
+EXPECTED_RECORDS = "expected_records"
+#: The settings keys of the shard of a split run (``bgm synthesize --num-shards N --shard-index I``), compared
+#: on resume like the search settings; a file of an unsplit run has none of them.
+SHARD_SETTINGS = ("shard_index", "num_shards", "shard_rule")
 
 
 def settings_path(path: str | os.PathLike[str]) -> Path:
@@ -127,31 +149,80 @@ def settings_path(path: str | os.PathLike[str]) -> Path:
     return path.with_name(f"{path.stem}.settings.json")
 
 
-def _settings(reward: str | RewardFunc, config: SilverConfig) -> dict[str, Any]:
+def read_settings(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The settings kept beside the silver file ``path`` (None if it has none); ``ValueError`` naming the
+    settings file if it is not a JSON object."""
+    sidecar = settings_path(path)
+    if not sidecar.exists():
+        return None
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{sidecar}: not a settings file (not valid JSON)") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{sidecar}: not a settings file (not a JSON object)")
+    return data
+
+
+def write_settings(path: str | os.PathLike[str], settings: dict[str, Any]) -> None:
+    """Write the settings of the silver file ``path`` beside it (sorted, indented JSON)."""
+    sidecar = settings_path(path)
+    sidecar.parent.mkdir(parents=True, exist_ok=True)
+    sidecar.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+#: Settings that say which reader the sequences are for; files written before they were recorded lack them
+#: and are taken to match.
+READER_SETTINGS = ("reader", "reader_prompt", "secondary_used")
+
+
+def reader_settings(reader: Reader, primary: RewardFunc, config: SilverConfig) -> dict[str, Any]:
+    """The reader (its cache name: model and decoding), a digest of its prompt layout, and the secondary score
+    the search really uses (``"auto"`` is the answer log-likelihood only where the reader can score; else
+    F1)."""
+    probe = reader.prompt_text("{question}", ["{passage 1}", "{passage 2}"])
+    secondary = resolve_secondary(config.secondary, primary, reader)
+    return {
+        "reader": reader.name,
+        "reader_prompt": hashlib.sha256(probe.encode("utf-8")).hexdigest()[:16],
+        "secondary_used": None if secondary is None else reward_name(secondary),
+    }
+
+
+def _settings(
+    reward: str | RewardFunc, config: SilverConfig, shard: Shard | None = None, reader: Reader | None = None
+) -> dict[str, Any]:
     primary = get_reward(reward) if isinstance(reward, str) else reward
     data = asdict(config)
     del data["lockstep"]  # how many questions share a batch changes the speed, not the sequences
     secondary = data["secondary"]
     data["secondary"] = secondary if secondary is None or isinstance(secondary, str) else reward_name(secondary)
-    return {"reward": reward_name(primary), **data}
+    settings = {"reward": reward_name(primary), **data}
+    if reader is not None:
+        settings.update(reader_settings(reader, primary, config))
+    if shard is not None:
+        settings.update(zip(SHARD_SETTINGS, (shard.index, shard.count, shard.rule), strict=True))
+    return settings
 
 
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
-    sidecar = settings_path(path)
-    if sidecar.exists():
-        saved = json.loads(sidecar.read_text(encoding="utf-8"))
-        if saved != settings:
-            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-            diff = ", ".join(f"{k}: {saved.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
-            raise SilverSettingsError(
-                f"{path} was made with other search settings ({diff}); resume it with those settings, or "
-                "write to another file"
-            )
+    """:class:`SilverSettingsError` if ``path`` was made with other settings (its progress not compared)."""
+    saved = read_settings(path)
+    if saved is None:
+        if path.exists() and path.stat().st_size:
+            logger.warning("%s has no %s: assuming it was made with the current settings", path,
+                           settings_path(path).name)
         return
-    if path.exists() and path.stat().st_size:
-        logger.warning("%s has no %s: assuming it was made with the current settings", path, sidecar.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sidecar.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    saved.pop(EXPECTED_RECORDS, None)
+    for key in READER_SETTINGS:
+        if key not in saved and key in settings:
+            saved[key] = settings[key]  # written before the reader was recorded
+    if saved != settings:
+        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        diff = ", ".join(f"{k}: {saved.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
+        hint = "each shard of a split writes its own file" if set(changed) <= set(SHARD_SETTINGS) else (
+            "resume it with those settings, or write to another file")
+        raise SilverSettingsError(f"{path} was made with other search settings ({diff}); {hint}")
 
 
 def synthesize_to_file(
@@ -163,12 +234,19 @@ def synthesize_to_file(
     config: SilverConfig | None = None,
     resume: bool = True,
     set_aside_mismatched: bool = False,
+    shard: Shard | None = None,
     log_every: int = 10,
 ) -> SynthesisStats:
     """Synthesize and append to ``path`` question by question, skipping ids already there if ``resume``.
 
+    With ``shard``, only the examples of that shard are synthesised (:meth:`Shard.select`, by a hash of the
+    id) and the shard is kept in the settings, so the file is never resumed as another shard and
+    :func:`~bgm_model.training.silver.shards.merge_silver_files` can check the set; a shard without examples
+    still writes an empty file with its settings.
+
     The search settings (reward and :class:`SilverConfig`) are kept beside the file in
-    ``<stem>.settings.json``; resuming a file made with other settings raises :class:`SilverSettingsError`
+    ``<stem>.settings.json`` (with :data:`EXPECTED_RECORDS`, the number of records once this run is done);
+    resuming a file made with other settings raises :class:`SilverSettingsError`
     rather than mixing two kinds of targets in one file (a file without one is assumed to match). With
     ``set_aside_mismatched`` such a file is renamed to ``<stem>.<n>.jsonl`` (kept, with its settings) and a
     new one is started: what a pipeline re-run with changed settings wants (the reader cache still has its
@@ -184,7 +262,7 @@ def synthesize_to_file(
     if resume and path.exists():
         silver_ids(path)  # a file that is not a silver file fails here, before a settings file is written
     config = config or SilverConfig()
-    settings = _settings(reward, config)
+    settings = _settings(reward, config, shard, reader)
     try:
         _check_settings(path, settings)
     except SilverSettingsError as e:
@@ -195,8 +273,9 @@ def synthesize_to_file(
             path.rename(aside)
         settings_path(path).rename(settings_path(aside))
         logger.warning("%s; moved it to %s and starting a new file", e, aside)
-        _check_settings(path, settings)
-    examples = list(examples)
+    examples = shard.select(examples) if shard else list(examples)
+    # Written before the search: a file with fewer records than this was interrupted.
+    write_settings(path, {**settings, EXPECTED_RECORDS: sum(1 for ex in examples if ex.answers)})
     done = silver_ids(path) if resume else set()
     stats = SynthesisStats(skipped_done=sum(1 for ex in examples if ex.id in done))
     stats.skipped_no_answers = sum(1 for ex in examples if ex.id not in done and not ex.answers)

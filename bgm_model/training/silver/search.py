@@ -170,9 +170,11 @@ class CountingReader(Reader):
         return self.inner.answer_and_score_batch(questions, passage_lists, targets)
 
 
-def _resolve_secondary(
+def resolve_secondary(
     spec: str | RewardFunc | None, primary: RewardFunc, reader: Reader
 ) -> RewardFunc | None:
+    """The tie-breaking score the search uses: ``"auto"`` is the gold-answer log-likelihood where ``reader``
+    can score answers, else token F1; ``None`` where it would only repeat the primary reward."""
     if spec is None:
         return None
     if spec == "auto":
@@ -510,7 +512,7 @@ def synthesize(
     """
     config = config or SilverConfig()
     primary = get_reward(reward) if isinstance(reward, str) else reward
-    secondary = _resolve_secondary(config.secondary, primary, reader)
+    secondary = resolve_secondary(config.secondary, primary, reader)
     skip = set(skip_ids)
 
     def todo() -> Iterator[QAExample]:
