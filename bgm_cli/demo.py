@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from .args import (
@@ -19,7 +20,7 @@ from .args import (
     load_config_file,
     recipe_from_args,
 )
-from .common import check_reader_spec, check_reward
+from .common import ReaderOptions, add_reader_arguments, check_reader_spec, check_reward
 from .errors import InputError, UsageError, existing_path
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Every setting of the training recipe is a flag (--sl-num-epochs, --rl-max-steps, --silver-top-m, ...); "
         "--config FILE loads a recipe first.",
     )
-    add_dataclass_arguments(p, DemoConfig, exclude=("recipe",), title="demo")
+    add_dataclass_arguments(p, DemoConfig, exclude=("recipe", "reader", "reader_cache", "reader_options"), title="demo")
+    add_reader_arguments(p)
     add_recipe_arguments(p, DemoConfig().recipe)
     p.set_defaults(func=run)
 
@@ -59,13 +61,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
         cfg = dataclass_from_args(args, DemoConfig, defaults=DemoConfig(recipe=recipe))
     except (ValueError, TypeError) as e:
         raise UsageError(f"bad option: {e}") from e
-    return cfg
+    return replace(cfg, reader=args.reader, reader_cache=args.reader_cache, reader_options=ReaderOptions.from_args(args))
 
 
 def check_config(cfg: Any) -> None:
     """:class:`~bgm_cli.errors.UsageError` for a reader or reward name of ``cfg`` that names nothing, before
     anything is loaded."""
-    check_reader_spec(cfg.reader)
+    check_reader_spec(cfg.reader, cfg.reader_options)
     check_reward(cfg.recipe.reward)
     check_reward(cfg.recipe.silver.secondary, "--silver-secondary")
 

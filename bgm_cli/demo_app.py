@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from bgm_cli.common import ReaderOptions
 from bgm_model.training.pipeline import BridgeRecipe
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,12 @@ class DemoConfig:
     train_questions: int = field(default=24, metadata={"help": "training questions answered by the chain and used for SPS/SL/RL"})
     dev_questions: int = field(default=20, metadata={"help": "dev questions for the final evaluation"})
     top_k: int = field(default=10, metadata={"help": "passages the retriever returns per question"})
-    reader: str = field(default="smollm2", metadata={"help": "frozen reader: smollm2 (packaged SmolLM2-135M-Instruct), hf:PATH (a local causal LM folder) or toy"})
+    reader: str = field(default="smollm2", metadata={"help": "frozen reader (--reader): smollm2, gemma3-270m, hf:PATH, openai:MODEL, langchain:/llama_index:module:factory or toy"})
     output_dir: str = field(default="bgm_output", metadata={"help": "where traces, silver sequences, checkpoints, report and plots go"})
     reader_cache: str | None = field(default=None, metadata={"help": "reader call cache directory (default: $BGM_CACHE_DIR or ~/.cache/bgm-bridge/reader)"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep the SL and RL resume checkpoints (sl/checkpoint, rl/checkpoint, ~0.3 GB each) instead of removing them once training is done"})
     recipe: BridgeRecipe = field(default_factory=BridgeRecipe, metadata={"help": "how the bridge is trained: silver search, SL, RL (its defaults are the demo's)"})
+    reader_options: ReaderOptions = field(default_factory=ReaderOptions, metadata={"help": "the other reader flags (--base-url, --prompt-template, --concurrency, ...)"})
 
 
 @dataclass
@@ -123,15 +125,30 @@ def build_retriever(cfg: DemoConfig, out: Path, rows: Sequence[dict[str, Any]]) 
     return FixedCandidatesRetriever()
 
 
+def chain_llm(reader: Any) -> Any:
+    """The chat model of the demo's chain: the reader's own (through its call cache) where it has one, the
+    user's LangChain model for a ``langchain:`` reader."""
+    from bgm_integrations.langchain.chat_model import ReaderChatModel
+    from bgm_integrations.langchain.reader import LangChainReader
+
+    if callable(getattr(reader, "answer_messages", None)):
+        return ReaderChatModel(reader=reader)
+    if isinstance(reader, LangChainReader):
+        return reader.model
+    raise ValueError(
+        f"the demo's LangChain chain cannot call a {type(reader).__name__}; use a local, openai: or langchain: reader"
+    )
+
+
 def build_rag_chain(retriever: Any, chat_model: Any, template: Any) -> Any:
-    """question -> retrieve -> the reader's own prompt (system + user message) -> chat model -> text."""
-    from langchain_core.messages import HumanMessage, SystemMessage
+    """question -> retrieve -> the reader's own prompt (its chat messages) -> chat model -> text."""
+    from langchain_core.messages import convert_to_messages
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
 
     def to_messages(inputs: dict[str, Any]) -> list[Any]:
         passages = [d.page_content for d in inputs["docs"]]
-        return [SystemMessage(template.system), HumanMessage(template.user_message(inputs["question"], passages))]
+        return convert_to_messages(template.messages(inputs["question"], passages))
 
     return (
         RunnableParallel(docs=retriever, question=RunnablePassthrough())
@@ -158,7 +175,6 @@ def demo_arrangements() -> list[Any]:
 def run_demo(cfg: DemoConfig, *, reader: Any = None) -> DemoResult:
     """Run the whole job; returns where everything was written."""
     from bgm_integrations.langchain import BGMTraceCallbackHandler
-    from bgm_integrations.langchain.chat_model import ReaderChatModel
     from bgm_model import BridgeModel
     from bgm_model.assets import bundled_dataset
     from bgm_model.data import QAExample
@@ -179,9 +195,9 @@ def run_demo(cfg: DemoConfig, *, reader: Any = None) -> DemoResult:
     if reader is None:
         from bgm_cli.common import make_reader
 
-        reader = make_reader(cfg.reader, cache=cfg.reader_cache or True)
+        reader = make_reader(cfg.reader, cfg.reader_options, cache=cfg.reader_cache)
     retriever = build_retriever(cfg, out, [*train_rows, *dev_rows])
-    chain = build_rag_chain(retriever, ReaderChatModel(reader=reader), reader.template)
+    chain = build_rag_chain(retriever, chain_llm(reader), reader.template)
     traces_path = out / "traces.jsonl"
     traces_path.unlink(missing_ok=True)  # this run's traces only (the reader cache keeps the answers)
     handler = BGMTraceCallbackHandler(traces_path)

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from bgm_cli.common import (
+    ReaderOptions,
     add_dataset_arguments,
     add_reader_arguments,
     build_reader,
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--top-ks {args.top_ks!r}: give integers separated by commas, e.g. 1,2,3,5") from None
     if args.baselines == "none" and not args.bridge and not args.gold_references:
         raise UsageError("nothing to evaluate: pass --bridge and/or --baselines")
-    check_reader_spec(args.reader)
+    check_reader_spec(args.reader, ReaderOptions.from_args(args))
     bridges = []  # loaded before the data: a bad --bridge fails at once
     for spec in args.bridge:
         name, _, path = spec.rpartition("=")

@@ -93,11 +93,19 @@ def _status_of(error: BaseException) -> int | None:
         return USAGE_STATUS
     if isinstance(error, BridgeError):
         return INPUT_STATUS
+    if _is_served_reader_error(error):  # a server that is down or refuses: the message says what to check
+        return INPUT_STATUS
     if isinstance(error, _MISSING_PATH_ERRORS) and error.filename is not None:
         return USAGE_STATUS
     if isinstance(error, PermissionError) and error.filename is not None:
         return INPUT_STATUS
     return None
+
+
+def _is_served_reader_error(error: BaseException) -> bool:
+    # Only when the served reader was loaded: importing it needs the openai extra.
+    module = sys.modules.get("bgm_model.readers.openai_api")
+    return module is not None and isinstance(error, module.ServedReaderError)
 
 
 def _message_of(error: BaseException) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 
 from .args import add_config_argument, add_dataclass_arguments, dataclass_from_args, load_config_file
 from .common import (
+    ReaderOptions,
     add_reader_arguments,
     build_reader,
     check_reader_spec,
@@ -186,7 +187,7 @@ def _run_sl(args: argparse.Namespace) -> int:
 
     config = config_from_args(args, SLConfig)
     if args.use_reader:
-        check_reader_spec(args.reader)
+        check_reader_spec(args.reader, ReaderOptions.from_args(args))
     train = load_silver(args.silver)[: args.limit]
     if not train:
         raise InputError(f"{args.silver} holds no silver sequences")
@@ -219,7 +220,7 @@ def _run_rl(args: argparse.Namespace) -> int:
     if (args.data is None) == (args.traces is None):
         raise UsageError("give exactly one of --data and --traces")
     config = config_from_args(args, RLConfig)
-    check_reader_spec(args.reader)
+    check_reader_spec(args.reader, ReaderOptions.from_args(args))
     train = _load_queries(args.data, args.traces, args, "--data")
     dev = _load_queries(args.dev_data, None, args, "--dev-data") if args.dev_data else None
     bridge = build_bridge(args)

@@ -1,5 +1,6 @@
-"""LangChain adapters: ``BGMDocumentCompressor``, ``BGMRetriever`` (``k`` and batching) and the trace recorder
-``BGMTraceCallbackHandler``.
+"""LangChain adapters: ``BGMDocumentCompressor``, ``BGMRetriever`` (``k`` and batching), the trace recorder
+``BGMTraceCallbackHandler``, and for training: ``LangChainReader`` (a chat model or LLM as the reader) and
+``LangChainPrompt`` (the chain's prompt template as the reader's prompt).
 
 Requires ``pip install "bgm-bridge[langchain]"``.
 """
@@ -16,12 +17,13 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 from .compressor import BGMDocumentCompressor, BGMRetriever
+from .prompts import LangChainPrompt
 
 if TYPE_CHECKING:
     from .reader import LangChainReader
     from .tracing import BGMTraceCallbackHandler
 
-__all__ = ["BGMDocumentCompressor", "BGMRetriever", "BGMTraceCallbackHandler", "LangChainReader"]
+__all__ = ["BGMDocumentCompressor", "BGMRetriever", "BGMTraceCallbackHandler", "LangChainPrompt", "LangChainReader"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,7 @@
 """Any LangChain chat model or LLM as the reader; calls in a batch run concurrently.
 
-Chat models get the template's system text as a ``SystemMessage`` and the rest as a ``HumanMessage``; plain
-LLMs (and any other runnable taking a string) get the rendered prompt. Use a deterministic (temperature 0)
+Chat models get the template's messages (the default template: its system text as a ``SystemMessage`` and the
+rest as a ``HumanMessage``); plain LLMs (and any other runnable taking a string) get the rendered prompt. Use a deterministic (temperature 0)
 model: answers are cached by prompt, so a sampling model's first answer is the one that sticks.
 """
 
@@ -11,7 +11,8 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from bgm_model.readers.base import CacheSpec, PromptTemplate, Reader
+from bgm_model.readers.base import CacheSpec, Reader
+from bgm_model.readers.templates import ReaderPrompt
 
 _INSTALL = "pip install 'bgm-bridge[langchain]'"
 
@@ -59,6 +60,8 @@ class LangChainReader(Reader):
             messages, everything else text).
         max_concurrency: calls in flight at once (``batch``/``abatch``'s ``max_concurrency``).
         name: cache identity; defaults to the model class plus its model name and decoding fields.
+        template: the reader's prompt: a :class:`~bgm_model.readers.templates.ReaderPrompt`, or the chain's own
+            LangChain prompt template (wrapped in :class:`~bgm_integrations.langchain.LangChainPrompt`).
     """
 
     def __init__(
@@ -68,11 +71,14 @@ class LangChainReader(Reader):
         input_kind: Literal["auto", "messages", "text"] = "auto",
         max_concurrency: int = 8,
         name: str | None = None,
-        template: PromptTemplate | None = None,
+        template: ReaderPrompt | Any = None,
         cache: CacheSpec = True,
         first_line_only: bool = True,
     ) -> None:
         language_models, _ = _import_langchain()
+        from .prompts import as_reader_prompt
+
+        template = as_reader_prompt(template)
         if not hasattr(model, "batch") or not hasattr(model, "abatch"):
             raise TypeError(
                 f"model must be a LangChain runnable (chat model or LLM), got {type(model).__name__}"
@@ -98,10 +104,7 @@ class LangChainReader(Reader):
             return [self.template.render(q, ps) for q, ps in zip(questions, passage_lists, strict=True)]
         _, messages = _import_langchain()
         return [
-            [
-                messages.SystemMessage(self.template.system),
-                messages.HumanMessage(self.template.user_message(q, ps)),
-            ]
+            messages.convert_to_messages(self.template.messages(q, ps))
             for q, ps in zip(questions, passage_lists, strict=True)
         ]
 

@@ -1,4 +1,5 @@
-"""LlamaIndex adapters: ``BGMNodePostprocessor`` and the trace recorder ``BGMTraceHandler``.
+"""LlamaIndex adapters: ``BGMNodePostprocessor``, the trace recorder ``BGMTraceHandler``, and for training:
+``LlamaIndexReader`` (an LLM as the reader) and ``LlamaIndexPrompt`` (the query engine's prompt as the reader's).
 
 Requires ``pip install "bgm-bridge[llamaindex]"``.
 """
@@ -15,12 +16,13 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 from .postprocessor import BGMNodePostprocessor
+from .prompts import LlamaIndexPrompt
 
 if TYPE_CHECKING:
     from .reader import LlamaIndexReader
     from .tracing import BGMTraceHandler
 
-__all__ = ["BGMNodePostprocessor", "BGMTraceHandler", "LlamaIndexReader"]
+__all__ = ["BGMNodePostprocessor", "BGMTraceHandler", "LlamaIndexPrompt", "LlamaIndexReader"]
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bgm_model.readers.base import CacheSpec, PromptTemplate, Reader
+from bgm_model.readers.base import CacheSpec, Reader
+from bgm_model.readers.templates import ReaderPrompt
 
 _INSTALL = "pip install 'bgm-bridge[llamaindex]'"
 
@@ -34,6 +35,8 @@ class LlamaIndexReader(Reader):
             ``llm.metadata.is_chat_model``.
         max_concurrency: calls in flight at once (threads for the sync path, a semaphore for the async one).
         name: cache identity; defaults to ``llama_index:<class_name>:<model name>``.
+        template: the reader's prompt: a :class:`~bgm_model.readers.templates.ReaderPrompt`, or the query
+            engine's own LlamaIndex prompt (wrapped in :class:`~bgm_integrations.llama_index.LlamaIndexPrompt`).
     """
 
     def __init__(
@@ -43,11 +46,14 @@ class LlamaIndexReader(Reader):
         use_chat: bool | None = None,
         max_concurrency: int = 8,
         name: str | None = None,
-        template: PromptTemplate | None = None,
+        template: ReaderPrompt | Any = None,
         cache: CacheSpec = True,
         first_line_only: bool = True,
     ) -> None:
         llms = _import_llama_index()
+        from .prompts import as_reader_prompt
+
+        template = as_reader_prompt(template)
         if not isinstance(llm, llms.LLM):
             raise TypeError(f"llm must be a llama_index.core.llms.LLM, got {type(llm).__name__}")
         if max_concurrency < 1:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from bgm_model.readers.call_cache import CallCache, call_key, resolve_cache
+from bgm_model.readers.templates import ReaderPrompt
 from bgm_model.validation import check_unicode
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,8 @@ class Reader(ABC):
 
     Args:
         name: a stable identifier of the model *and* its decoding settings; part of every cache key.
-        template: how prompts are laid out.
+        template: how prompts are laid out: the default :class:`PromptTemplate`, or any
+            :class:`~bgm_model.readers.templates.ReaderPrompt` (the user's own RAG prompt).
         cache: a :class:`CallCache`, a directory for one, ``True`` (default directory: ``$BGM_CACHE_DIR`` or
             ``~/.cache/bgm-bridge/reader``) or ``False``/``None`` (no persistent cache).
         first_line_only: keep only the first non-empty line of each answer (see :func:`clean_answer`).
@@ -162,18 +164,24 @@ class Reader(ABC):
 
     #: A stable identifier of the model *and* its decoding settings; part of every cache key.
     name: str
-    template: PromptTemplate
+    template: ReaderPrompt
 
     def __init__(
         self,
         name: str,
-        template: PromptTemplate | None = None,
+        template: ReaderPrompt | None = None,
         *,
         cache: CacheSpec = True,
         first_line_only: bool = True,
     ) -> None:
         if not name:
             raise ValueError("a reader needs a non-empty name: it is part of every cache key")
+        if template is not None and not isinstance(template, ReaderPrompt):
+            raise TypeError(
+                f"template must have render(question, passages) and messages(question, passages), got "
+                f"{type(template).__name__}; wrap a LangChain or LlamaIndex prompt in LangChainPrompt / "
+                "LlamaIndexPrompt (bgm_integrations)"
+            )
         self.name = name
         self.template = template if template is not None else PromptTemplate()
         self.cache: CallCache | None = resolve_cache(cache)

@@ -14,12 +14,15 @@ from bgm_cli.main import build_parser
 
 def test_demo_cli_documents_every_setting() -> None:
     """Every demo setting is a flag; the recipe's are too (``tests/cli/test_recipe_flags.py``)."""
+    from bgm_cli.common import ReaderOptions
     from bgm_cli.demo_app import DemoConfig
 
     help_text = build_parser()._subparsers._group_actions[0].choices["demo"].format_help()  # type: ignore[union-attr]
-    for name in DemoConfig.__dataclass_fields__:
-        if name != "recipe":
-            assert "--" + name.replace("_", "-") in help_text
+    reader_flags = {"cache": "reader_cache", "device": "reader_device"}
+    names = [n for n in DemoConfig.__dataclass_fields__ if n not in ("recipe", "reader_options")]
+    names += [reader_flags.get(n, n) for n in ReaderOptions.__dataclass_fields__]
+    for name in names:
+        assert "--" + name.replace("_", "-") in help_text
     assert "--config FILE" in help_text and "--sl-num-epochs" in help_text
 
 
@@ -51,7 +54,7 @@ def test_demo_reader_option_builds_the_named_reader() -> None:
     from bgm_model.training.toy import ToyReader
 
     assert isinstance(make_reader("toy"), ToyReader)
-    with pytest.raises(SystemExit, match="unknown --reader 'gpt-9'"):
+    with pytest.raises(UsageError, match="unknown --reader 'gpt-9'"):
         make_reader("gpt-9")
     cfg = config_from_args(build_parser().parse_args(["demo", "--reader", "toy", "--train-questions", "3"]))
     assert cfg.reader == "toy" and cfg.train_questions == 3 and cfg.dataset == "nq_open"
