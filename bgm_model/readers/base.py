@@ -203,7 +203,10 @@ class Reader(ABC):
     def _score_uncached(
         self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]], answers: Sequence[str]
     ) -> list[float]:
-        raise NotImplementedError(f"{type(self).__name__} cannot score answers; use a local reader")
+        raise NotImplementedError(
+                f"{type(self).__name__} cannot score answers; use a local reader or a served one whose server "
+                "returns prompt log-probabilities"
+            )
 
     def _answer_and_score_uncached(
         self,
@@ -242,7 +245,8 @@ class Reader(ABC):
 
     @property
     def supports_scoring(self) -> bool:
-        """Whether :meth:`score_batch` is available (local models only)."""
+        """Whether :meth:`score_batch` is available (local models; a served model where the server returns
+        prompt log-probabilities)."""
         return type(self)._score_uncached is not Reader._score_uncached
 
     def score_batch(
@@ -253,7 +257,10 @@ class Reader(ABC):
     ) -> list[float]:
         """Mean per-token log-likelihood of ``answers[i]`` as the reply to prompt ``i``."""
         if not self.supports_scoring:
-            raise NotImplementedError(f"{type(self).__name__} cannot score answers; use a local reader")
+            raise NotImplementedError(
+                f"{type(self).__name__} cannot score answers; use a local reader or a served one whose server "
+                "returns prompt log-probabilities"
+            )
         check_inputs(questions, passage_lists, answers)
         keys = [
             call_key(self.name, "score", self.prompt_text(q, ps), a)
@@ -285,7 +292,10 @@ class Reader(ABC):
         prefix reuse computes both from one pass over each prompt instead of running it again to score.
         """
         if not self.supports_scoring:
-            raise NotImplementedError(f"{type(self).__name__} cannot score answers; use a local reader")
+            raise NotImplementedError(
+                f"{type(self).__name__} cannot score answers; use a local reader or a served one whose server "
+                "returns prompt log-probabilities"
+            )
         check_inputs(questions, passage_lists)
         if isinstance(targets, str) or len(targets) != len(questions):
             raise ValueError("targets must be a sequence with one list of strings per prompt")
