@@ -391,6 +391,12 @@ class OpenAIReader(Reader):
             stats.new_tokens += prompt + completion
 
     def _request(self, question: str, passages: Sequence[str]) -> dict[str, Any]:
+        if self.endpoint == "chat":
+            return self._payload(self.template.messages(question, passages))
+        return self._payload(self.template.render(question, passages))
+
+    def _payload(self, prompt: str | list[dict[str, str]]) -> dict[str, Any]:
+        """The request for ``prompt``: chat messages (chat endpoint) or text (completions)."""
         common: dict[str, Any] = {
             "model": self.model,
             "max_tokens": self.max_new_tokens,
@@ -400,8 +406,33 @@ class OpenAIReader(Reader):
         if self.stop is not None:
             common["stop"] = self.stop
         if self.endpoint == "chat":
-            return {**common, "messages": self.template.messages(question, passages)}
-        return {**common, "prompt": self.template.render(question, passages)}
+            return {**common, "messages": prompt}
+        return {**common, "prompt": prompt}
+
+    def answer_messages(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """Greedy answer to chat ``messages`` (``{"role", "content"}`` dicts), through the call cache.
+
+        What a LangChain chain over this reader calls (``ReaderChatModel``, the demo's chain): a chain that
+        sends the reader's own prompt (``template.messages(question, passages)``) gets the cache entry of
+        ``answer(question, passages)``. The completions endpoint gets the turns' texts joined by blank lines,
+        as ``template.render`` lays them out.
+        """
+        turns = [dict(m) for m in messages]
+        if not turns or any(set(m) != {"role", "content"} for m in turns):
+            raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
+        chat = self.endpoint == "chat"
+        text = json.dumps(turns, ensure_ascii=False) if chat else "\n\n".join(m["content"] for m in turns)
+
+        def compute(idx: list[int]) -> list[Any]:
+            request = self._payload(turns if chat else text)
+            create = self._client.chat.completions.create if chat else self._client.completions.create
+            try:
+                reply = self._reply(create(**request))
+            except self._openai.APIError as e:
+                raise self._error(e, self._route) from e
+            return self._clean([reply], 1)
+
+        return str(self._through_cache([call_key(self.name, "answer", text)], compute)[0])
 
     def _reply(self, response: Any) -> str:
         self._count(response)

@@ -161,6 +161,24 @@ def test_second_call_is_served_from_the_cache(llama_server):
     assert other.stats.cache_hits == 0 and other.stats.computed == 1
 
 
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_a_langchain_chain_over_the_reader_shares_its_cache(llama_server, endpoint):
+    # The demo's chain: the reader's own messages -> ReaderChatModel -> the served model, through the cache.
+    from langchain_core.messages import convert_to_messages
+
+    from bgm_integrations.langchain.chat_model import ReaderChatModel
+
+    reader = served(llama_server, cache=True, endpoint=endpoint)
+    chain_answer = ReaderChatModel(reader=reader).invoke(
+        convert_to_messages(reader.template.messages(QUESTIONS[0], PASSAGES[0]))
+    ).content
+    assert chain_answer and reader.stats.computed == 1
+    assert reader.answer(QUESTIONS[0], PASSAGES[0]) == chain_answer
+    assert reader.stats.cache_hits == 1 and reader.stats.computed == 1  # the chain's call, not a second one
+    with pytest.raises(ValueError, match="role"):
+        reader.answer_messages([{"text": "hi"}])
+
+
 # -- scoring -------------------------------------------------------------------------------------------------
 
 
