@@ -43,7 +43,7 @@ class DemoConfig:
     output_dir: str = field(default="bgm_output", metadata={"help": "where traces, silver sequences, checkpoints, report and plots go"})
     reader_cache: str | None = field(default=None, metadata={"help": "reader call cache directory (default: $BGM_CACHE_DIR or ~/.cache/bgm-bridge/reader)"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep the SL and RL resume checkpoints (sl/checkpoint, rl/checkpoint, ~0.3 GB each) instead of removing them once training is done"})
-    recipe: BridgeRecipe = field(default_factory=BridgeRecipe, metadata={"help": "how the bridge is trained: silver search, SL, RL (its defaults are the demo's)"})
+    recipe: BridgeRecipe = field(default_factory=lambda: BridgeRecipe(validation_fraction=0.25), metadata={"help": "how the bridge is trained: silver search, SL, RL (the recipe's defaults, with a quarter of the training questions held out for the validation verdict)"})
     reader_options: ReaderOptions = field(default_factory=ReaderOptions, metadata={"help": "the other reader flags (--base-url, --prompt-template, --concurrency, ...)"})
 
 
@@ -55,6 +55,8 @@ class DemoResult:
     plots: list[Path]
     table: str
     seconds: dict[str, float]
+    verdict: str | None = None
+    """The validation verdict: the bridge against the best fixed arrangement on the held-out questions."""
 
 
 def usage_snippet(bridge_dir: str | Path) -> str:
@@ -238,13 +240,19 @@ def run_demo(cfg: DemoConfig, *, reader: Any = None) -> DemoResult:
     seconds["evaluation"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     table = report.table(ci_metric="contains")
+    verdict = trained.verdict.sentence() if trained.verdict is not None else None
+    if verdict:
+        table += f"\n\nValidation verdict ({recipe.reward}): {verdict}"
     report_path = out / "report.json"
-    report_path.write_text(json.dumps({**report.to_dict(), "seconds": seconds, "config": asdict(cfg)}, indent=2))
+    report_path.write_text(json.dumps({
+        **report.to_dict(), "seconds": seconds, "config": asdict(cfg),
+        "validation_verdict": trained.verdict.to_dict() if trained.verdict is not None else None,
+    }, indent=2))
     (out / "report.md").write_text(
         f"# bgm demo: {cfg.dataset}, {len(dev_examples)} dev questions, reader {reader.name}\n\n{table}\n"
     )
     plots = make_plots(out, report)
-    return DemoResult(out, rl_dir, report_path, plots, table, seconds)
+    return DemoResult(out, rl_dir, report_path, plots, table, seconds, verdict)
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:

@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 
 from bgm_model.config import BridgeConfig
 from bgm_model.data import QAExample
+from bgm_model.evaluation.verdict import BridgeNotBetterError, ValidationVerdict, validate_against_fixed
+from bgm_model.model_card import TrainingRecord
 from bgm_model.modeling import BridgeModel
 from bgm_model.readers.base import Reader
 from bgm_model.training.base_config import JsonConfigMixin
@@ -43,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 SELECTION_FILE = "rl_selection.json"
 SL_SELECTION_FILE = "sl_selection.json"
+VERDICT_FILE = "validation_verdict.json"
 
 
 C = TypeVar("C")
@@ -147,6 +150,19 @@ class BridgeRecipe(JsonConfigMixin):
     seed: int = field(
         default=0, metadata={"help": "Seed of the warm start, the validation split, SL and RL."}
     )
+    require_better: bool = field(
+        default=False,
+        metadata={"help": "Refuse to ship a bridge that loses to the best fixed arrangement on the validation "
+                  "questions beyond the 95% CI (needs validation_fraction > 0): the bridge goes to "
+                  "<dir>.rejected and training raises BridgeNotBetterError naming that arrangement."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.require_better and self.validation_fraction <= 0:
+            raise ValueError(
+                "require_better compares the bridge with the fixed arrangements on held-out questions: "
+                "set validation_fraction > 0 (e.g. 0.2)"
+            )
 
     def bridge_config(self, max_passages: int = 0) -> BridgeConfig:
         """The warm start's config: ``bridge`` with room for ``max_passages`` and the silver sequences."""
@@ -187,6 +203,8 @@ class TrainedBridge:
     validation questions."""
     validation_ids: tuple[str, ...] = ()
     """Ids of the training questions held out of silver search, SL and RL (empty without validation)."""
+    verdict: ValidationVerdict | None = None
+    """The shipped bridge against the best fixed arrangement on the validation questions (None without)."""
 
     @property
     def final_dir(self) -> Path:
@@ -277,9 +295,10 @@ def train_bridge(
                              stats.naive_reader_calls, reused=True, seconds=seconds,
                              rl_selection=_read_json(out / SELECTION_FILE),
                              sl_selection=_read_json(out / SL_SELECTION_FILE),
-                             validation_ids=tuple(stamp["validation"]))
+                             validation_ids=tuple(stamp["validation"]), verdict=_read_verdict(out))
     stamp_path.unlink(missing_ok=True)  # written again only once both bridges are saved
     (out / SELECTION_FILE).unlink(missing_ok=True)
+    (out / VERDICT_FILE).unlink(missing_ok=True)
 
     # RL settings do not change the SL bridge, so its stamp leaves them out.
     sl_stamp = {**stamp, "recipe": {k: v for k, v in stamp["recipe"].items() if k != "rl"}}
@@ -347,10 +366,57 @@ def train_bridge(
         logger.info("RL skipped (rl.max_steps=0)")
     if selection is not None:
         (out / SELECTION_FILE).write_text(json.dumps(selection, indent=2))
+    verdict = None
+    if validation:
+        t = time.perf_counter()
+        verdict = _validate(bridge, validation, reader, reward, recipe, rl_dir if wants_rl else sl_dir, out)
+        seconds["validation verdict"] = time.perf_counter() - t
     stamp_path.write_text(json.dumps(stamp, indent=2))
     return TrainedBridge(silver_path, sl_dir, rl_dir if wants_rl else None, stats.reader_calls,
                          stats.naive_reader_calls, reused=False, seconds=seconds, rl_selection=selection,
-                         sl_selection=sl_selection, validation_ids=tuple(stamp["validation"]))
+                         sl_selection=sl_selection, validation_ids=tuple(stamp["validation"]), verdict=verdict)
+
+
+def _validate(
+    bridge: BridgeModel, validation: list[QAExample], reader: Reader, reward: Any, recipe: BridgeRecipe,
+    final_dir: Path, out: Path,
+) -> ValidationVerdict:
+    """Compare the shipped bridge with the fixed arrangements on the validation questions, record the result
+    in its model card (and ``validation_verdict.json``), and with ``require_better`` refuse a losing bridge."""
+    import datetime
+    import shutil
+
+    verdict = validate_against_fixed(bridge, validation, reader, reward=reward, seed=recipe.seed)
+    logger.info("validation verdict: %s", verdict.sentence())
+    bridge.model_card_data.add_training(TrainingRecord(
+        stage="validation",
+        settings={"reward": verdict.reward, "require_better": recipe.require_better, "ci_level": verdict.level},
+        data={"validation_questions": verdict.questions},
+        metrics={"verdict": verdict.sentence(), "best_fixed_arrangement": verdict.arrangement,
+                 "paired_difference": verdict.difference, "ci": [verdict.ci_low, verdict.ci_high],
+                 "table": list(verdict.table)},
+        date=datetime.date.today().isoformat(),
+    ))
+    (out / VERDICT_FILE).write_text(json.dumps(verdict.to_dict(), indent=2))
+    if recipe.require_better and verdict.verdict == "loses to":
+        rejected = final_dir.with_name(final_dir.name + ".rejected")
+        shutil.rmtree(rejected, ignore_errors=True)
+        bridge.save_pretrained(rejected)
+        shutil.rmtree(final_dir, ignore_errors=True)
+        raise BridgeNotBetterError(
+            verdict,
+            f"not shipping the bridge: {verdict.sentence()}. Use {verdict.arrangement} instead, or train with "
+            f"more questions; the rejected bridge is in {rejected} (require_better=False keeps it)",
+        )
+    bridge.save_pretrained(final_dir)  # again, with the verdict in its model card
+    return verdict
+
+
+def _read_verdict(out: Path) -> ValidationVerdict | None:
+    data = _read_json(out / VERDICT_FILE)
+    if not data:
+        return None
+    return ValidationVerdict(**{**data, "table": tuple(data["table"])})
 
 
 def _remove_checkpoint(path: Path) -> None:

@@ -33,15 +33,19 @@ def test_demo_pipeline_runs_end_to_end(tmp_path) -> None:
     from bgm_model.training.pipeline import BridgeRecipe
     from bgm_model.training.toy import ToyReader
 
-    recipe = BridgeRecipe.from_dict({"sl": {"num_epochs": 1}, "rl": {"max_steps": 1, "batch_size": 2}})
+    recipe = BridgeRecipe.from_dict({"sl": {"num_epochs": 1}, "rl": {"max_steps": 1, "batch_size": 2},
+                                     "validation_fraction": 0.5})
     cfg = DemoConfig(dataset="hotpotqa", train_questions=6, dev_questions=4, output_dir=str(tmp_path / "out"),
                      recipe=recipe)
     result = run_demo(cfg, reader=ToyReader(cache=False))
     out = tmp_path / "out"
     traces = [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]
     assert len(traces) == 6 and all(len(t["passages"]) == 10 for t in traces)
-    assert len((out / "silver.jsonl").read_text().splitlines()) == 6
+    assert len((out / "silver.jsonl").read_text().splitlines()) == 3  # the other 3 are validation questions
     report = json.loads(result.report_path.read_text())
+    # the table ends with the verdict: the bridge against the best fixed arrangement on those 3
+    assert result.verdict and result.table.endswith(result.verdict)
+    assert report["validation_verdict"]["questions"] == 3
     names = [m["name"] for m in report["methods"]]
     assert names[-2:] == ["BGM SL", "BGM SL+RL"] and "all, retriever order" in names
     assert all(p.exists() and p.stat().st_size > 10_000 for p in result.plots)
@@ -58,6 +62,9 @@ def test_demo_reader_option_builds_the_named_reader() -> None:
         make_reader("gpt-9")
     cfg = config_from_args(build_parser().parse_args(["demo", "--reader", "toy", "--train-questions", "3"]))
     assert cfg.reader == "toy" and cfg.train_questions == 3 and cfg.dataset == "nq_open"
+    assert cfg.recipe.validation_fraction == 0.25 and not cfg.recipe.require_better  # the verdict, not a refusal
+    strict = config_from_args(build_parser().parse_args(["demo", "--require-better"]))
+    assert strict.recipe.require_better
 
 
 def test_demo_flags_and_config_file_reach_the_recipe(tmp_path) -> None:
