@@ -17,6 +17,20 @@ from bgm_model.readers.call_cache import call_key
 
 logger = logging.getLogger(__name__)
 
+#: A completion prompt for a base (non-chat) model such as Gemma-3-270M: an instruction, numbered documents,
+#: the question and an ``Answer:`` cue, the layout of the NQ prompt of "Lost in the Middle" (Liu et al.,
+#: 2023). A base model runs on after its answer: the reader stops at the first line break
+#: (``first_line_only``).
+BASE_MODEL_TEMPLATE = PromptTemplate(
+    system=(
+        "Write a high-quality answer for the given question using only the provided search results "
+        "(some of which might be irrelevant)."
+    ),
+    question_format="",
+    passage_format="Document [{number}] {text}\n",
+    answer_cue="\nQuestion: {question}\nAnswer:",
+)
+
 
 def resolve_chat_template(tokenizer: Any, use_chat_template: bool | None) -> bool:
     """Whether to render prompts with ``tokenizer``'s chat template (``None``: when it has one)."""
@@ -97,9 +111,15 @@ class TokenizerPrompts(Reader):
         if not self.use_chat_template:
             return self.template.render(question, passages)
         messages = self.template.messages(question, passages)
-        if self._system_in_user:
-            messages = [{"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}]
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        return self._chat_text(messages)
+
+    def _chat_text(self, turns: Sequence[Mapping[str, str]]) -> str:
+        """``turns`` through the chat template; where the template rejects a system role, the system text
+        opens the first user turn instead (a prompt may also have no system turn at all)."""
+        turns = list(turns)
+        if self._system_in_user and turns[0]["role"] == "system" and len(turns) > 1:
+            turns = [{"role": "user", "content": f"{turns[0]['content']}\n\n{turns[1]['content']}"}, *turns[2:]]
+        return str(self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
 
     def encode_prompt(self, question: str, passages: Sequence[str]) -> list[int]:
         """Token ids of the full prompt (the chat template already holds its special tokens)."""
@@ -118,8 +138,6 @@ class TokenizerPrompts(Reader):
         if not turns or any(set(m) != {"role", "content"} for m in turns):
             raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
         if self.use_chat_template:
-            if self._system_in_user and turns[0]["role"] == "system" and len(turns) > 1:
-                turns = [{"role": "user", "content": f"{turns[0]['content']}\n\n{turns[1]['content']}"}, *turns[2:]]
-            return str(self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
+            return self._chat_text(turns)
         # the plain template renders system and user text separated by a blank line
         return "\n\n".join(m["content"] for m in turns)

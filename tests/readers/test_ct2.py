@@ -201,7 +201,9 @@ def test_cli_ct2_choices(monkeypatch, spec, compute_type):
 
 
 def test_cli_rejects_unknown_ct2_type():
-    with pytest.raises(SystemExit, match="ct2"):
+    from bgm_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown --reader 'ct2:int4'"):
         build_reader(_parse("--reader", "ct2:int4"))
 
 

@@ -415,7 +415,7 @@ def test_readers_with_and_without_split_attention_agree(tiny_reader_factory, mon
 def test_ragged_decoding_only_for_plain_sdpa_models(tiny_model):
     import copy
 
-    from bgm_model.readers.hf.attention import supports_reader_attention
+    from bgm_model.readers.hf.attention import reader_attention_blocker, supports_reader_attention
 
     assert supports_reader_attention(tiny_model)
     eager = copy.deepcopy(tiny_model)
@@ -424,6 +424,8 @@ def test_ragged_decoding_only_for_plain_sdpa_models(tiny_model):
     windowed = copy.deepcopy(tiny_model)
     windowed.config.sliding_window = 4
     assert not supports_reader_attention(windowed)
+    # the reader itself applies sliding windows in its attention: only eager attention blocks it
+    assert reader_attention_blocker(windowed) is None and "eager" in str(reader_attention_blocker(eager))
 
 
 def test_ragged_step_refuses_spans_that_do_not_match_the_batch(tiny_model):

@@ -23,20 +23,30 @@ Targets scored in the prompt's pass. Silver search scores gold answers after eve
 answers run in one pass: the prompt causally, each answer over the whole prompt and its own earlier tokens
 (a tree), instead of one more forward pass per answer later.
 
-Both are switched on per forward pass (``use_reader_attention(model)``) only for models whose attention
-implementation is ``"sdpa"``, without a sliding window. Any other call of the model is unchanged, also one
-made from another thread while the switch is on: without the ``bgm_*`` arguments the function is plain SDPA
-and its mask function is SDPA's.
+Sliding-window layers (Gemma-2/3, Mistral, Phi-3, Qwen2/3 with ``use_sliding_window``): the reader's cache
+keeps every cell of them too (:func:`~bgm_model.readers.hf.kv_cache.full_kv_cache`), and the window arrives as
+the layer's ``sliding_window`` argument. A ragged step reads only the last ``sliding_window`` cells of its
+row's span; a tree mask is given per window (``{None: full, window: windowed}``); split prefix attention is
+exact only while every key is inside the window, past that the layer takes the masked SDPA call (the model's
+own windowed mask).
+
+All are switched on per forward pass (``use_reader_attention(model)``) only for models whose attention
+implementation is ``"sdpa"``, with no logit soft-capping, no attention sinks and no layer types but full and
+sliding attention (:func:`reader_attention_blocker` says why not). Any other call of the model is unchanged,
+also one made from another thread while the switch is on: without the ``bgm_*`` arguments the function is
+plain SDPA and its mask function is SDPA's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+from bgm_model.readers.hf.kv_cache import layer_windows
 
 READER_ATTENTION = "bgm_reader_sdpa"
 _registered = False
@@ -53,19 +63,43 @@ def reader_sdpa_forward(
     *,
     bgm_row_spans: list[tuple[int, int]] | None = None,
     bgm_causal_prefix: bool = False,
-    bgm_tree_mask: torch.Tensor | None = None,
+    bgm_tree_mask: torch.Tensor | Mapping[int | None, torch.Tensor] | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """SDPA, except in the cases above (``bgm_row_spans``: ragged step; ``bgm_causal_prefix``: the batch-1,
-    unpadded prompt after a cached prefix; ``bgm_tree_mask``: a prompt with targets scored in the same pass)."""
+    unpadded prompt after a cached prefix; ``bgm_tree_mask``: a prompt with targets scored in the same pass,
+    one mask or one per sliding window, ``None`` for full-attention layers)."""
+    window = kwargs.get("sliding_window")
     if bgm_row_spans is not None and query.shape[2] == 1:
-        return _ragged_step(query, key, value, bgm_row_spans, kwargs.get("scaling"))
+        _check_plain(kwargs)
+        return _ragged_step(query, key, value, bgm_row_spans, kwargs.get("scaling"), window)
     if bgm_tree_mask is not None:
+        _check_plain(kwargs)
+        if isinstance(bgm_tree_mask, Mapping):
+            if window not in bgm_tree_mask:
+                got = sorted(map(str, bgm_tree_mask))
+                raise ValueError(f"no tree mask for a layer of sliding window {window}; got masks for {got}")
+            bgm_tree_mask = bgm_tree_mask[window]
+        elif window is not None and key.shape[2] > window:
+            raise ValueError(
+                f"a layer of sliding window {window} needs its own tree mask ({key.shape[2]} keys)"
+            )
         return _tree_masked(query, key, value, bgm_tree_mask, kwargs.get("scaling"))
     prefix = key.shape[2] - query.shape[2]
-    if bgm_causal_prefix and prefix > 0 and query.shape[2] > 1 and _split_ok(query, key, kwargs):
+    # Past the window the split would attend to cells the window hides: that layer takes the masked call.
+    split = bgm_causal_prefix and (window is None or key.shape[2] <= window)
+    if split and prefix > 0 and query.shape[2] > 1 and _split_ok(query, key, kwargs):
         return _prefix_then_causal(query, key, value, prefix, kwargs.get("scaling"))
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _check_plain(kwargs: dict[str, Any]) -> None:
+    """Refuse arguments that change the attention maths beyond SDPA (a wrong answer would be silent)."""
+    extra = [k for k in ("softcap", "s_aux") if kwargs.get(k) is not None]
+    if kwargs.get("dropout"):
+        extra.append("dropout")
+    if extra:
+        raise ValueError(f"the reader's attention reproduces plain SDPA; this layer also asks for {extra}")
 
 
 def _ragged_step(
@@ -74,6 +108,7 @@ def _ragged_step(
     value: torch.Tensor,
     row_spans: list[tuple[int, int]],
     scale: float | None,
+    window: int | None = None,
 ) -> tuple[torch.Tensor, None]:
     if len(row_spans) != query.shape[0]:
         raise ValueError(f"{len(row_spans)} row spans for a batch of {query.shape[0]} rows")
@@ -83,6 +118,8 @@ def _ragged_step(
     kv_heads = key.shape[1]
     rows = []
     for r, (start, end) in enumerate(row_spans):
+        if window is not None:  # the step's token (cell end - 1) sees itself and window - 1 cells before
+            start = max(start, end - window)
         # Grouped-query attention: a one-token query's heads become the query length of its KV head.
         q = query[r : r + 1].reshape(1, kv_heads, heads // kv_heads, dim)
         out = torch.nn.functional.scaled_dot_product_attention(
@@ -143,14 +180,36 @@ def _prefix_then_causal(
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
-def supports_reader_attention(model: Any) -> bool:
-    """Whether ``model`` runs plain causal SDPA attention (the case ``reader_sdpa_forward`` reproduces)."""
+def reader_attention_blocker(model: Any) -> str | None:
+    """Why ``reader_sdpa_forward`` cannot stand in for ``model``'s attention, or ``None`` when it can: causal
+    SDPA whose layers attend fully or in a sliding window (the window handled per layer)."""
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+    if config is None:
+        return "the model has no config"
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation != "sdpa":
+        return f"attention implementation {implementation!r}, the reader's attention reproduces 'sdpa' only"
+    if getattr(config, "attn_logit_softcapping", None):
+        return "attention logit soft-capping, which SDPA lacks"
+    if getattr(config, "sub_configs", None):
+        return "a multimodal config"
+    if getattr(config, "use_bidirectional_attention", None):
+        return "bidirectional attention"
+    windows, layout_problem = layer_windows(config)
+    if windows is None:
+        return f"the model's cache has {layout_problem}"
+    if any(name.endswith("sinks") for name, _ in model.named_parameters()):
+        return "attention sinks"
+    return None
+
+
+def supports_reader_attention(model: Any) -> bool:
+    """Whether ``model`` runs plain causal SDPA attention with full attention on every layer (every case above
+    applies to every layer). The reader itself asks :func:`reader_attention_blocker`, which also admits
+    sliding-window layers."""
+    if getattr(getattr(model, "config", None), "sliding_window", None):
         return False
-    if getattr(config, "sliding_window", None) or getattr(config, "attn_logit_softcapping", None):
-        return False
-    return not getattr(config, "sub_configs", None)
+    return reader_attention_blocker(model) is None
 
 
 def _register() -> None:

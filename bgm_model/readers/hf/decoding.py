@@ -14,7 +14,7 @@ to its own tokens in two flash-attention calls merged by log-sum-exp (``attentio
 masked-out half of its own block instead of computing it under a mask.
 
 Target scoring rides in the prompt's own prefill pass (:meth:`GreedyDecoding._prefill`): a tree mask lets
-each target see the whole prompt and its own earlier tokens only.
+each target see the whole prompt and its own earlier tokens only (within the window, on a sliding layer).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bgm_model.readers.base import ReaderStats
-from bgm_model.readers.hf.attention import supports_reader_attention, use_reader_attention
+from bgm_model.readers.hf.attention import use_reader_attention
 from bgm_model.readers.hf.kv_cache import PagedLayer, Pages, RoomyLayer
 
 # A decoding group closes before its padding (rows x longest prompt - real prompt tokens) passes this many
@@ -59,6 +59,9 @@ class GreedyDecoding:
     _stop_ids: set[int]
     _cache_kwarg: str
     _lock: Any
+    # Why the reader's attention cannot stand in for the model's (None: it can); each layer's sliding window.
+    _attention_blocker: str | None
+    _windows: list[int | None]
 
     if TYPE_CHECKING:  # provided by the reader
 
@@ -75,7 +78,7 @@ class GreedyDecoding:
     @property
     def decodes_ragged(self) -> bool:
         """Whether batched decoding uses ragged attention (asked for, and the model's attention allows it)."""
-        return self.ragged_decoding and supports_reader_attention(self.model)
+        return self.ragged_decoding and self._attention_blocker is None
 
     def _answer_prompts(
         self, prompts: list[list[int]], targets: list[list[list[int]]] | None
@@ -343,6 +346,13 @@ class GreedyDecoding:
             mask[rows, cells] = torch.ones(len(tail), len(tail), dtype=torch.bool).tril()
             positions += range(n_prompt, n_prompt + len(tail))
             offset += len(tail)
+        tree: torch.Tensor | dict[int | None, torch.Tensor] = mask
+        windows = {w for w in self._windows if w is not None}
+        if any(w < n_prompt + fed for w in windows):  # on a sliding layer a token sees its window only
+            query_pos = torch.tensor(positions, device=self.device)
+            cell_pos = torch.cat([torch.arange(n_prompt, device=self.device), query_pos[len(new) :]])
+            distance = query_pos[:, None] - cell_pos[None, :]
+            tree = {None: mask, **{w: mask & (distance < w) for w in windows}}
         try:
             with use_reader_attention(self.model):
                 out = self.model(
@@ -351,7 +361,7 @@ class GreedyDecoding:
                     **{self._cache_kwarg: self._kv},
                     use_cache=True,
                     logits_to_keep=fed + 1,
-                    bgm_tree_mask=mask,
+                    bgm_tree_mask=tree,
                 )
             if fed:
                 self._kv.crop(-fed)  # v5: a negative count of tokens to remove

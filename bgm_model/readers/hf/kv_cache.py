@@ -1,8 +1,13 @@
 """KV-cache pieces of :class:`~bgm_model.readers.hf.HFReader`.
 
-:func:`common_prefix_len` measures how much of the kept cache a call can reuse. The layers hold the cache of a
-batched decoding group (see :mod:`bgm_model.readers.hf.decoding`): :class:`RoomyLayer` for left-padded rows
-with room for the answer, :class:`Pages` and :class:`PagedLayer` for ragged rows that lie back to back.
+:func:`common_prefix_len` measures how much of the kept cache a call can reuse. :func:`layer_windows` reads
+the model's cache layout and :func:`full_kv_cache` builds the reader's own cache, which keeps every cell of
+every layer, also of sliding-window layers: transformers' sliding layer keeps only the last window of cells,
+so it can be neither cropped back past the window nor copied whole into a decoding group. A full layer gives
+the same attention (the model's mask still applies the window), at the memory of the whole prompt. The other
+layers hold the cache of a batched decoding group (see :mod:`bgm_model.readers.hf.decoding`):
+:class:`RoomyLayer` for left-padded rows with room for the answer, :class:`Pages` and :class:`PagedLayer` for
+ragged rows that lie back to back.
 """
 
 from __future__ import annotations
@@ -11,7 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+# The layer types whose attention the reader's cache and attention reproduce (not chunked, recurrent, ...).
+_ATTENTION_LAYER_TYPES = {"full_attention", "sliding_attention"}
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -21,6 +30,35 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def layer_windows(config: Any) -> tuple[list[int | None] | None, str]:
+    """Each layer's sliding window (``None``: full attention) as transformers lays out ``config``'s cache, and
+    ``""``; or ``None`` and what the cache has instead when some layer is of another kind (chunked
+    attention, recurrent state, KV shared with another layer...)."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    types = getattr(text, "layer_types", None)
+    if types is not None and not set(types) <= _ATTENTION_LAYER_TYPES:
+        return None, f"layer types {sorted(set(types) - _ATTENTION_LAYER_TYPES)}"
+    if getattr(text, "attention_chunk_size", None):
+        return None, "chunked attention layers"
+    windows: list[int | None] = []
+    for layer in DynamicCache(config=config).layers:
+        # Exact types: a subclass (quantised, offloaded, linear-attention hybrid) may keep other state.
+        if type(layer) is DynamicSlidingWindowLayer:
+            windows.append(int(layer.sliding_window))
+        elif type(layer) is DynamicLayer:
+            windows.append(None)
+        else:
+            return None, f"layers of type {type(layer).__name__}"
+    return windows, ""
+
+
+def full_kv_cache(config: Any) -> DynamicCache:
+    """A cache for ``config``'s model with a full (croppable, copyable) layer in place of each layer."""
+    cache = DynamicCache(config=config)
+    cache.layers = [DynamicLayer() for _ in cache.layers]
+    return cache
 
 
 class RoomyLayer(DynamicLayer):
@@ -111,3 +149,8 @@ class PagedLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         # Only read for mask sizes; a one-token ragged step needs no mask whatever the length.
         return self.pages.capacity
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        # The ragged attention ignores the mask (each row reads its own span, windowed in the attention); a
+        # query-sized one lets a sliding-window layer skip building a mask over every cell of the group.
+        return query_length, 0

