@@ -1,7 +1,10 @@
-"""``bgm train sl`` and ``bgm train rl``: the two training stages of the bridge.
+"""``bgm train sl`` and ``bgm train rl``: the two training stages of the bridge; ``bgm train all``: silver
+search, SL and RL in one command (:func:`~bgm_model.training.pipeline.train_bridge`, the demo's recipe).
 
 Examples::
 
+    bgm train all --data train.jsonl --output-dir runs/my_llm --reader openai:MODEL --base-url URL \
+        --validation-fraction 0.2 --require-better     # refuses a bridge that loses to a fixed arrangement
     bgm train sl --silver runs/silver/hotpotqa.jsonl --from-encoder --output-dir runs/sl --num-epochs 3
     bgm train rl --data /work/shared/data/hotpotqa/train.jsonl --init runs/sl/best --output-dir runs/rl
     accelerate launch --num_processes 2 -m bgm_cli.main train sl ...   # several processes / GPUs
@@ -179,6 +182,63 @@ def register(subparsers: Any) -> None:
     _add_bridge_arguments(rl, default_init=False)
     add_dataclass_arguments(rl, RLConfig)
     rl.set_defaults(func=_run_rl)
+
+    whole = stages.add_parser(
+        "all",
+        help="silver search, SL and RL in one run (the demo's recipe), with the validation verdict",
+        description="Synthesises silver passage sequences for the training questions, trains the bridge on "
+        "them (SL), then with PPO against the reader (RL), as bgm demo does, into OUTPUT_DIR (silver.jsonl, "
+        "bridge_sl/, bridge/, recipe.json). With --validation-fraction, the bridge that ships is compared "
+        "with every fixed arrangement (top-k with and without reversal / repetition, long-context reorder) on "
+        "the held-out questions, and the verdict goes into its model card; --require-better refuses a bridge "
+        "that loses beyond the 95%% CI (exit status 1, the bridge moved to <dir>.rejected).",
+    )
+    whole.add_argument("--data", type=Path, default=None,
+                       help="dataset JSONL of training questions (see bgm_model.data); give this or --traces")
+    whole.add_argument("--traces", type=Path, default=None,
+                       help="traces JSONL instead of --data (traces without gold answers are skipped)")
+    whole.add_argument("--corpus", type=Path, default=None,
+                       help="passage pool of a retrieval dataset (default: corpus.jsonl beside --data)")
+    whole.add_argument("--top-k", type=positive, default=10, help="candidates retrieved per question for a retrieval set")
+    whole.add_argument("--limit", type=count, default=None, help="use only the first N questions (default: all)")
+    whole.add_argument("--output-dir", type=Path, required=True, help="where the run writes everything")
+    whole.add_argument("--keep-checkpoints", action="store_true", help="keep the trainers' resume checkpoints")
+    add_reader_arguments(whole)
+    from .args import add_recipe_arguments
+
+    add_recipe_arguments(whole)
+    whole.set_defaults(func=_run_all)
+
+
+def _run_all(args: argparse.Namespace) -> int:
+    from bgm_model.evaluation.verdict import BridgeNotBetterError
+    from bgm_model.training.pipeline import train_bridge
+
+    from .args import recipe_from_args
+
+    if (args.data is None) == (args.traces is None):
+        raise UsageError("give the training questions as --data or --traces (one of them)")
+    try:
+        recipe = recipe_from_args(args)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"bad option: {e}") from None
+    check_reader_spec(args.reader, ReaderOptions.from_args(args))
+    if args.traces is not None:
+        examples = load_examples_from_traces(args.traces)
+    else:
+        examples = load_dataset(args.data, corpus=args.corpus, top_k=args.top_k)
+    examples = examples[: args.limit] if args.limit is not None else examples
+    if not examples:
+        raise InputError("no training questions with gold answers")
+    reader = build_reader(args)
+    try:
+        trained = train_bridge(examples, reader, args.output_dir, recipe, keep_checkpoints=args.keep_checkpoints)
+    except BridgeNotBetterError as e:
+        raise InputError(str(e)) from e
+    if trained.verdict is not None:
+        print(f"validation verdict: {trained.verdict.sentence()}")
+    print(f"trained bridge: {trained.final_dir.resolve()}")
+    return 0
 
 
 def _run_sl(args: argparse.Namespace) -> int:
