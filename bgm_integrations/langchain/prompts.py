@@ -7,17 +7,18 @@ way, with the passages in the order the bridge chose.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage
 from langchain_core.prompts import BasePromptTemplate, ChatPromptTemplate
 
+from bgm_model.readers.templates import SlotPrompt
+
 # LangChain message types -> chat roles.
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 
 
-class LangChainPrompt:
+class LangChainPrompt(SlotPrompt):
     """A LangChain ``ChatPromptTemplate`` or string ``PromptTemplate`` as a
     :class:`~bgm_model.readers.templates.ReaderPrompt`.
 
@@ -38,35 +39,20 @@ class LangChainPrompt:
     ) -> None:
         if not isinstance(prompt, BasePromptTemplate):
             raise TypeError(f"prompt must be a LangChain prompt template, got {type(prompt).__name__}")
-        variables = set(prompt.input_variables)
-        expected = {context_key, question_key}
-        if variables != expected:
-            raise ValueError(
-                f"the prompt's input variables are {sorted(variables)}; a reader prompt fills exactly "
-                f"{sorted(expected)} (set context_key / question_key, or make the others partial variables)"
-            )
+        super().__init__(set(prompt.input_variables), context_key=context_key, question_key=question_key,
+                         passage_separator=passage_separator)
         self.prompt = prompt
-        self.context_key = context_key
-        self.question_key = question_key
-        self.passage_separator = passage_separator
 
     def __repr__(self) -> str:
         return f"LangChainPrompt({type(self.prompt).__name__}, context_key={self.context_key!r})"
 
-    def _values(self, question: str, passages: Sequence[str]) -> dict[str, str]:
-        return {self.context_key: self.passage_separator.join(passages), self.question_key: question}
-
-    def messages(self, question: str, passages: Sequence[str]) -> list[dict[str, str]]:
+    def format_messages(self, values: dict[str, str]) -> list[dict[str, str]] | None:
         if not isinstance(self.prompt, ChatPromptTemplate):
-            return [{"role": "user", "content": self.render(question, passages)}]
-        return [_as_dict(m) for m in self.prompt.format_messages(**self._values(question, passages))]
+            return None
+        return [_as_dict(m) for m in self.prompt.format_messages(**values)]
 
-    def render(self, question: str, passages: Sequence[str]) -> str:
-        if isinstance(self.prompt, ChatPromptTemplate):
-            # Completion models get the turns' texts one after another (as local readers without a chat
-            # template render messages).
-            return "\n\n".join(m["content"] for m in self.messages(question, passages))
-        return self.prompt.format(**self._values(question, passages))
+    def format_text(self, values: dict[str, str]) -> str:
+        return self.prompt.format(**values)
 
 
 def _as_dict(message: BaseMessage) -> dict[str, str]:

@@ -7,13 +7,14 @@ lines) and ``query_str``; :class:`LlamaIndexPrompt` fills them with the passages
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.prompts import BasePromptTemplate, ChatPromptTemplate
 
+from bgm_model.readers.templates import SlotPrompt
 
-class LlamaIndexPrompt:
+
+class LlamaIndexPrompt(SlotPrompt):
     """A LlamaIndex ``PromptTemplate`` or ``ChatPromptTemplate`` (e.g. ``DEFAULT_TEXT_QA_PROMPT``) as a
     :class:`~bgm_model.readers.templates.ReaderPrompt`.
 
@@ -33,36 +34,23 @@ class LlamaIndexPrompt:
     ) -> None:
         if not isinstance(prompt, BasePromptTemplate):
             raise TypeError(f"prompt must be a LlamaIndex prompt template, got {type(prompt).__name__}")
-        variables = set(prompt.template_vars) - set(prompt.kwargs)
-        expected = {context_key, question_key}
-        if variables != expected:
-            raise ValueError(
-                f"the prompt's template variables are {sorted(variables)}; a reader prompt fills exactly "
-                f"{sorted(expected)} (set context_key / question_key, or partially format the others)"
-            )
+        super().__init__(set(prompt.template_vars) - set(prompt.kwargs), context_key=context_key,
+                         question_key=question_key, passage_separator=passage_separator)
         self.prompt = prompt
-        self.context_key = context_key
-        self.question_key = question_key
-        self.passage_separator = passage_separator
 
     def __repr__(self) -> str:
         return f"LlamaIndexPrompt({type(self.prompt).__name__}, context_key={self.context_key!r})"
 
-    def _values(self, question: str, passages: Sequence[str]) -> dict[str, str]:
-        return {self.context_key: self.passage_separator.join(passages), self.question_key: question}
-
-    def messages(self, question: str, passages: Sequence[str]) -> list[dict[str, str]]:
+    def format_messages(self, values: dict[str, str]) -> list[dict[str, str]] | None:
         if not isinstance(self.prompt, ChatPromptTemplate):
-            return [{"role": "user", "content": self.render(question, passages)}]
+            return None
         return [
             {"role": str(getattr(m.role, "value", m.role)), "content": m.content or ""}
-            for m in self.prompt.format_messages(**self._values(question, passages))
+            for m in self.prompt.format_messages(**values)
         ]
 
-    def render(self, question: str, passages: Sequence[str]) -> str:
-        if isinstance(self.prompt, ChatPromptTemplate):
-            return "\n\n".join(m["content"] for m in self.messages(question, passages))
-        return self.prompt.format(**self._values(question, passages))
+    def format_text(self, values: dict[str, str]) -> str:
+        return self.prompt.format(**values)
 
 
 def as_reader_prompt(template: Any, **kwargs: Any) -> Any:

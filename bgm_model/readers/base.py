@@ -217,6 +217,15 @@ class Reader(ABC):
         """Greedy answers and the scores of ``targets[i]`` after prompt ``i``; readers that can do both in one
         pass over each prompt override this (the default runs the two hooks one after the other)."""
         answers = self._answer_uncached(questions, passage_lists)
+        return list(answers), self._score_targets(questions, passage_lists, targets)
+
+    def _score_targets(
+        self,
+        questions: Sequence[str],
+        passage_lists: Sequence[Sequence[str]],
+        targets: Sequence[Sequence[str]],
+    ) -> list[list[float]]:
+        """The scores of ``targets[i]`` after prompt ``i``, through one flat :meth:`_score_uncached` call."""
         owners = [i for i, ts in enumerate(targets) for _ in ts]
         flat = self._score_uncached(
             [questions[i] for i in owners], [passage_lists[i] for i in owners], [t for ts in targets for t in ts]
@@ -224,7 +233,7 @@ class Reader(ABC):
         scores: list[list[float]] = [[] for _ in targets]
         for i, s in zip(owners, flat, strict=True):
             scores[i].append(float(s))
-        return list(answers), scores
+        return scores
 
     # -- public API ----------------------------------------------------------------------------------------
 

@@ -587,13 +587,8 @@ class OpenAIReader(Reader):
         targets: Sequence[Sequence[str]],
     ) -> tuple[list[str], list[list[float]]]:
         answers = self._answer_uncached(questions, passage_lists)
-        owners = [i for i, ts in enumerate(targets) for _ in ts]
         try:
-            flat = self._score_uncached(
-                [questions[i] for i in owners],
-                [passage_lists[i] for i in owners],
-                [t for ts in targets for t in ts],
-            )
+            scores = self._score_targets(questions, passage_lists, targets)
         except ServedReaderError:
             # The answers are done: keep them (the finished scores are already stored by _score_uncached),
             # except those the cache has (prompts rerun only to score a target).
@@ -601,9 +596,6 @@ class OpenAIReader(Reader):
                 "answer", _BatchFailed("", dict(enumerate(answers))), questions, passage_lists, only_new=True
             )
             raise
-        scores: list[list[float]] = [[] for _ in targets]
-        for i, s in zip(owners, flat, strict=True):
-            scores[i].append(float(s))
         return answers, scores
 
     def _score_uncached(

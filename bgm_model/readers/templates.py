@@ -30,6 +30,49 @@ class ReaderPrompt(Protocol):
         ...
 
 
+class SlotPrompt:
+    """A framework's prompt template with a context slot and a question slot, as a :class:`ReaderPrompt`: the
+    passages (in the bridge's order) joined by ``passage_separator`` fill the context. The LangChain and
+    LlamaIndex adapters subclass it and format with the framework's own template.
+
+    ``variables``: the template's free variables; they must be exactly ``context_key`` and ``question_key``.
+    """
+
+    def __init__(self, variables: set[str], *, context_key: str, question_key: str, passage_separator: str) -> None:
+        expected = {context_key, question_key}
+        if variables != expected:
+            raise ValueError(
+                f"the prompt's variables are {sorted(variables)}; a reader prompt fills exactly "
+                f"{sorted(expected)} (set context_key / question_key, or fill the others in advance)"
+            )
+        self.context_key = context_key
+        self.question_key = question_key
+        self.passage_separator = passage_separator
+
+    def values(self, question: str, passages: Sequence[str]) -> dict[str, str]:
+        return {self.context_key: self.passage_separator.join(passages), self.question_key: question}
+
+    def format_messages(self, values: dict[str, str]) -> list[dict[str, str]] | None:
+        """The chat messages of the filled template; ``None`` for a text template."""
+        raise NotImplementedError
+
+    def format_text(self, values: dict[str, str]) -> str:
+        """The text of the filled text template."""
+        raise NotImplementedError
+
+    def messages(self, question: str, passages: Sequence[str]) -> list[dict[str, str]]:
+        values = self.values(question, passages)
+        turns = self.format_messages(values)
+        return turns if turns is not None else [{"role": "user", "content": self.format_text(values)}]
+
+    def render(self, question: str, passages: Sequence[str]) -> str:
+        values = self.values(question, passages)
+        turns = self.format_messages(values)
+        # A chat template given to a completion model: the turns' texts one after another, as local readers
+        # without a chat template render messages.
+        return "\n\n".join(m["content"] for m in turns) if turns is not None else self.format_text(values)
+
+
 def format_fields(text: str) -> set[str]:
     """The ``{name}`` fields of a format string (``{{`` and ``}}`` are literal braces)."""
     return {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}

