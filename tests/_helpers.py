@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 
 import torch
 
 from bgm_model import BridgeConfig, BridgeModel, BridgeResult
+from bgm_model.data import QAExample
 
 #: Six one-line passages the adapter and trace tests retrieve from.
 SAMPLE_TEXTS = [
@@ -76,6 +79,15 @@ def fit_bridge_to(bridge: BridgeModel, query: str, passages: list[str], target: 
         loss.backward()
         opt.step()
     bridge.eval()
+
+
+def write_dataset(path: Path, examples: Sequence[QAExample]) -> Path:
+    """``examples`` as a dataset JSONL file (``{id, question, answers, passages}`` lines) at ``path``."""
+    path.write_text("".join(
+        json.dumps({"id": e.id, "question": e.question, "answers": e.answers, "passages": list(e.passages)}) + "\n"
+        for e in examples
+    ), encoding="utf-8")
+    return path
 
 
 def load_benchmark(script: str) -> ModuleType:

@@ -204,9 +204,9 @@ class Reader(ABC):
         self, questions: Sequence[str], passage_lists: Sequence[Sequence[str]], answers: Sequence[str]
     ) -> list[float]:
         raise NotImplementedError(
-                f"{type(self).__name__} cannot score answers; use a local reader or a served one whose server "
-                "returns prompt log-probabilities"
-            )
+            f"{type(self).__name__} cannot score answers; use a local reader or a served one whose server "
+            "returns prompt log-probabilities"
+        )
 
     def _answer_and_score_uncached(
         self,
@@ -267,9 +267,9 @@ class Reader(ABC):
         """Mean per-token log-likelihood of ``answers[i]`` as the reply to prompt ``i``."""
         if not self.supports_scoring:
             raise NotImplementedError(
-                f"{type(self).__name__} cannot score answers; use a local reader or a served one whose server "
-                "returns prompt log-probabilities"
-            )
+            f"{type(self).__name__} cannot score answers; use a local reader or a served one whose server "
+            "returns prompt log-probabilities"
+        )
         check_inputs(questions, passage_lists, answers)
         keys = [
             call_key(self.name, "score", self.prompt_text(q, ps), a)
@@ -302,9 +302,9 @@ class Reader(ABC):
         """
         if not self.supports_scoring:
             raise NotImplementedError(
-                f"{type(self).__name__} cannot score answers; use a local reader or a served one whose server "
-                "returns prompt log-probabilities"
-            )
+            f"{type(self).__name__} cannot score answers; use a local reader or a served one whose server "
+            "returns prompt log-probabilities"
+        )
         check_inputs(questions, passage_lists)
         if isinstance(targets, str) or len(targets) != len(questions):
             raise ValueError("targets must be a sequence with one list of strings per prompt")

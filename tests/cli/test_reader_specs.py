@@ -15,6 +15,7 @@ from bgm_cli.main import build_parser, main
 from bgm_integrations.langchain import LangChainPrompt, LangChainReader
 from bgm_integrations.llama_index import LlamaIndexReader
 from bgm_model.readers import LANGCHAIN_RAG_PROMPT, ContextPrompt
+from tests._helpers import write_dataset
 
 FACTORY = '''
 from langchain_core.language_models.chat_models import SimpleChatModel
@@ -133,11 +134,7 @@ def test_every_reader_command_lists_the_new_forms():
 def test_synthesize_with_a_langchain_factory_sends_the_chains_prompt(factory_module: str, tmp_path: Path, capsys):
     from bgm_model.training.toy import make_toy_examples
 
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(
-        json.dumps({"id": e.id, "question": e.question, "answers": e.answers, "passages": e.passages}) + "\n"
-        for e in make_toy_examples(2, n_passages=3, seed=1)
-    ))
+    data = write_dataset(tmp_path / "data.jsonl", make_toy_examples(2, n_passages=3, seed=1))
     out = tmp_path / "silver.jsonl"
     status = main(["synthesize", str(data), "-o", str(out), "--reader", f"langchain:{factory_module}:make_chat",
                    "--prompt-template", "rag", "--reward", "f1", "--max-length", "2"])

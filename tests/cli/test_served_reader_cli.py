@@ -12,7 +12,7 @@ import pytest
 from bgm_cli.main import main
 from bgm_model.training.silver import read_silver
 from bgm_model.training.toy import make_toy_examples
-from tests._helpers import make_tiny_bridge
+from tests._helpers import make_tiny_bridge, write_dataset
 from tests.conftest import SERVED_ALIAS
 
 pytestmark = pytest.mark.server
@@ -24,21 +24,7 @@ N_QUESTIONS = 3
 def dataset(tmp_path: Path) -> Path:
     """Three toy questions with three short candidate passages each (short prompts keep the server fast)."""
     path = tmp_path / "toy.jsonl"
-    path.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "id": e.id,
-                    "question": e.question,
-                    "answers": e.answers,
-                    "passages": [{"title": "", "text": p} for p in e.passages],
-                }
-            )
-            + "\n"
-            for e in make_toy_examples(N_QUESTIONS + 2, n_passages=3, seed=4)
-        ),
-        encoding="utf-8",
-    )
+    write_dataset(path, make_toy_examples(N_QUESTIONS + 2, n_passages=3, seed=4))
     return path
 
 

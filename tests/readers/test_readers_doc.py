@@ -3,7 +3,6 @@ against llama.cpp's OpenAI-compatible server serving SmolLM2 (the ``llama_server
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._helpers import write_dataset
 from tests.conftest import SERVED_ALIAS
 
 pytestmark = pytest.mark.server
@@ -58,10 +58,7 @@ def test_your_own_llm_examples_run_against_a_real_server(llama_server, tmp_path,
                 assert printed, code  # every example that answers prints a non-empty answer
                 answers += 1
         else:
-            (tmp_path / "train.jsonl").write_text("".join(
-                json.dumps({"id": e.id, "question": e.question, "answers": e.answers, "passages": e.passages[:2]})
-                + "\n" for e in make_toy_examples(2, n_passages=2, seed=3)
-            ))
+            write_dataset(tmp_path / "train.jsonl", make_toy_examples(2, n_passages=2, seed=3))
             argv = shlex.split(code.replace("\\\n", " "))
             assert argv[0] == "bgm"
             done = subprocess.run(
