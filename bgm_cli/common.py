@@ -255,7 +255,7 @@ def make_reader(spec: str, options: ReaderOptions | None = None, **overrides: An
     """A reader from its command-line spec (see ``READER_HELP``) and options; ``overrides`` replace options
     (``cache=``, ``max_new_tokens=``, ...)."""
     options = replace(options or ReaderOptions(), **overrides)
-    check_reader_spec(spec, options)
+    check_reader_spec(spec)  # the prompt and the extra body are checked where they are read, below
     template = reader_prompt(options.prompt_template)
     if spec == "toy":
         from bgm_model.training.toy import ToyReader
