@@ -12,6 +12,7 @@ import torch
 
 from bgm_model import BridgeConfig, BridgeModel, BridgeResult
 from bgm_model.data import QAExample
+from bgm_model.readers.base import Reader
 
 #: Six one-line passages the adapter and trace tests retrieve from.
 SAMPLE_TEXTS = [
@@ -93,3 +94,17 @@ def write_dataset(path: Path, examples: Sequence[QAExample]) -> Path:
 def load_benchmark(script: str) -> ModuleType:
     """The benchmark module ``benchmarks.<script>`` (benchmarks are a package run with ``python -m``)."""
     return importlib.import_module(f"benchmarks.{script}")
+
+
+def key_once_reader() -> Reader:
+    """A second toy reader with another preference than :class:`~bgm_model.training.toy.ToyReader`'s (the key
+    passage twice): it answers the code only from the key passage shown alone, once. A CLI factory
+    (``--reader langchain:tests._helpers:key_once_reader``) for the reader-specific benchmark's tests."""
+    from bgm_model.readers import CallableReader
+    from bgm_model.training.toy import _key_code
+
+    def answer(question: str, passages: Sequence[str]) -> str:
+        code = _key_code(question, passages[0]) if len(passages) == 1 else None
+        return code or "unknown"
+
+    return CallableReader(answer, name="toy-key-once-v1", cache=False)
