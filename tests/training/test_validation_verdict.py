@@ -64,6 +64,45 @@ def test_top1_wins_against_a_bridge_that_shows_everything():
     assert tie.verdict == "equals" and tie.difference == 0.0
 
 
+def test_one_lucky_arrangement_among_many_does_not_make_the_bridge_lose():
+    # On 20 questions top-2 answers 5 and the bridge (top-1) 1: alone, a 95% CI says "loses to"; compared with
+    # 17 arrangements at once, 4 more right answers are what one of them gets by luck, so the verdict "equals".
+    examples = [QAExample(id=f"q{i}", question=f"what is item{i}", answers=[f"item{i}"],
+                          passages=[f"p{j} of item{i}" for j in range(4)]) for i in range(20)]
+
+    def answer(question: str, passages: Sequence[str]) -> str:
+        i = int(question.removeprefix("what is item"))
+        shown = [p.split()[0] for p in passages]
+        right = (shown == ["p0"] and i == 0) or (shown == ["p0", "p1"] and i < 5)
+        return f"item{i}" if right else "unknown"
+
+    reader = CallableReader(answer, name="top2-lucky", cache=False)
+    bridge = fixed_sequences("top-1 bridge", {ex.id: [0] for ex in examples})
+    verdict = validate_against_fixed(bridge, examples, reader, reward="em")
+    assert verdict.arrangement == top_k(2).name and verdict.difference == pytest.approx(-0.2)
+    assert verdict.ci_high < 0  # the plain CI: below top-2
+    assert verdict.comparisons == len(fixed_arrangements()) and verdict.adjusted_ci_high >= 0
+    assert verdict.adjusted_ci_low < verdict.ci_low and verdict.verdict == "equals"
+    assert "widened for 17 arrangements" in verdict.sentence()
+    rows = {row["method"]: row for row in verdict.table}
+    assert rows[top_k(2).name]["paired difference"] == pytest.approx(-0.2) and "ci" not in rows["BGM bridge"]
+    # compared with top-2 alone, the same difference is a loss
+    alone = validate_against_fixed(bridge, examples, reader, reward="em", arrangements=[top_k(2)])
+    assert alone.verdict == "loses to" and alone.comparisons == 1
+    assert (alone.adjusted_ci_low, alone.adjusted_ci_high) == (alone.ci_low, alone.ci_high)
+
+
+def test_beating_the_best_arrangement_means_beating_every_one():
+    examples = top1_examples(8)
+    beaten = validate_against_fixed(fixed_sequences("top-1 bridge", {ex.id: [0] for ex in examples}), examples,
+                                    top1_reader(), reward="em", arrangements=[top_k(2), top_k(3)])
+    assert beaten.verdict == "beats" and beaten.ci_low == 1.0
+    # with top-1 itself among the arrangements the bridge only equals it
+    tie = validate_against_fixed(fixed_sequences("top-1 bridge", {ex.id: [0] for ex in examples}), examples,
+                                 top1_reader(), reward="em", arrangements=[top_k(2), top_k(1)])
+    assert tie.verdict == "equals" and tie.arrangement == top_k(1).name
+
+
 def test_require_better_refuses_a_bridge_that_loses_to_top1(tmp_path, tiny_make_bridge: Callable[..., BridgeModel]):
     # One SL epoch at a learning rate that changes nothing: the random tiny bridge never picks exactly [0].
     recipe = replace_config(RECIPE, {"require_better": True, "sl": {"learning_rate": 1e-12}})
