@@ -96,15 +96,24 @@ def run_train(args: argparse.Namespace) -> int:
     out = bridge_dir(args, slug)
     logger.info("training the %s bridge on %d questions into %s", slug, len(train), out)
     trained = train_bridge(train, reader, out, args.recipe, reuse=True)
-    if trained.verdict is None:
+    verdict = trained.verdict
+    if verdict is None:
         raise SystemExit("train needs a validation split (--validation-fraction > 0) to choose the fixed "
                          "arrangement the bridge is compared with")
+    if trained.reused:  # judged again by this version's rule (every answer it needs is cached)
+        from bgm_model import BridgeModel
+        from bgm_model.evaluation.verdict import validate_against_fixed
+
+        held_out = set(trained.validation_ids)
+        verdict = validate_against_fixed(BridgeModel.from_pretrained(trained.final_dir),
+                                         [ex for ex in train if ex.id in held_out], reader,
+                                         reward=args.recipe.reward, seed=args.recipe.seed)
     info = {"command": command_line("reader_specific", args.argv), "reader": reader.name, "slug": slug,
             "train": len(train), "validation": len(trained.validation_ids), "seconds": trained.seconds,
             "silver_reader_calls": trained.reader_calls, "sl_selection": trained.sl_selection,
-            "rl_selection": trained.rl_selection, "verdict": trained.verdict.to_dict()}
+            "rl_selection": trained.rl_selection, "verdict": verdict.to_dict()}
     (out.parent / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"{slug}: {trained.verdict.sentence()}")
+    print(f"{slug}: {verdict.sentence()}")
     print("time per stage: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in trained.seconds.items()))
     return 0
 
