@@ -3,6 +3,7 @@ passages rendered exactly as the library renders them (so a benchmark reads what
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from bgm_model.data import render_passage
 
-__all__ = ["RESULTS", "ROOT", "command_line", "passage_text", "shared_data_dir"]
+__all__ = ["RESULTS", "ROOT", "command_line", "parse_with_recipe", "passage_text", "shared_data_dir"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -35,3 +36,20 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     """The command that reproduces this run, for the JSON it writes."""
     args = sys.argv[1:] if argv is None else list(argv)
     return " ".join(["python -m", f"benchmarks.{module}", *args])
+
+
+def parse_with_recipe(parser: argparse.ArgumentParser, argv: Sequence[str] | None, defaults: Any) -> argparse.Namespace:
+    """Parse ``argv`` with the reader options and every training-recipe flag (``--reward``, ``--seed``,
+    ``--validation-fraction``, ``--sl-*``, ``--rl-*``, ``--silver-*``, ``--bridge-*``, ``--config``) added;
+    ``args.recipe`` is the recipe they describe over ``defaults`` (a bad one is a usage error)."""
+    from bgm_cli.args import add_recipe_arguments, recipe_from_args
+    from bgm_cli.common import add_reader_arguments
+
+    add_reader_arguments(parser)
+    add_recipe_arguments(parser, defaults)
+    args = parser.parse_args(argv)
+    try:
+        args.recipe = recipe_from_args(args, defaults)
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+    return args

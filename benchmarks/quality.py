@@ -40,9 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, ROOT, command_line, shared_data_dir
-from bgm_cli.args import add_recipe_arguments, recipe_from_args
-from bgm_cli.common import add_reader_arguments, build_reader
+from benchmarks.common import RESULTS, ROOT, command_line, parse_with_recipe, shared_data_dir
+from bgm_cli.common import build_reader
 from bgm_model.data import QAExample, load_examples
 from bgm_model.evaluation.plots import plot_methods
 from bgm_model.training.examples import split_dev
@@ -297,17 +296,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--work-dir", default=None, help="silver sequences, bridges, cross-encoder (default: bgm_output/quality/NAME)")
     p.add_argument("--results", default=str(RESULTS), help="where JSON, Markdown and PNG go")
-    add_reader_arguments(p)
-    # Every recipe setting (--reward, --seed, --validation-fraction, --sl-*, --rl-*, --silver-*, --bridge-*);
     # --seed also seeds the 70/30 split and the cross-encoder.
-    add_recipe_arguments(p, default_recipe())
-    args = p.parse_args(argv)
+    args = parse_with_recipe(p, argv, default_recipe())
     if args.oracle_questions < 0:
         p.error(f"--oracle-questions must be >= 0 (0: every dev question), got {args.oracle_questions}")
-    try:
-        args.recipe = recipe_from_args(args, default_recipe())
-    except (ValueError, TypeError) as e:
-        p.error(str(e))
     return args
 
 

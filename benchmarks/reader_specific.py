@@ -39,9 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, ROOT, command_line
-from bgm_cli.args import add_recipe_arguments, recipe_from_args
-from bgm_cli.common import add_reader_arguments, build_reader
+from benchmarks.common import RESULTS, ROOT, command_line, parse_with_recipe
+from bgm_cli.common import build_reader
 from bgm_model.data import QAExample, load_examples
 from bgm_model.training.pipeline import BridgeRecipe
 
@@ -283,18 +282,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--work-dir", default=None)
     p.add_argument("--results", default=str(RESULTS))
-    add_reader_arguments(p)
-    add_recipe_arguments(p, default_recipe())
-    args = p.parse_args(argv)
+    args = parse_with_recipe(p, argv, default_recipe())
     args.argv = argv
     if bool(args.train) != bool(args.dev):
         p.error("--train and --dev go together")
     args.name = args.name or (Path(args.train).stem if args.train else args.dataset)
     args.metric = args.metric or METRIC.get(args.dataset, "contains")
-    try:
-        args.recipe = recipe_from_args(args, default_recipe())
-    except (ValueError, TypeError) as e:
-        p.error(str(e))
     return args
 
 
