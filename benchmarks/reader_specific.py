@@ -191,6 +191,10 @@ def summarise(evaluations: dict[str, dict[str, Any]], metric: str, margin: float
         table = {bridge: {stage: methods[f"{bridge} {stage}"][metric] for stage in ("SL", "SL+RL")
                           if f"{bridge} {stage}" in methods} for bridge in ev["bridges"]}
         summary["table"][reader] = table
+        # how often a bridge's output is exactly what a fixed heuristic would show: top-1 alone
+        summary.setdefault("top-1 alone", {})[reader] = {
+            best_bridge(methods, b): sum(r.get("ids") == [0] for r in rows[best_bridge(methods, b)]) / len(base["per_example"])
+            for b in ev["bridges"]}
         own = best_bridge(methods, reader) if reader in ev["bridges"] else None
         checks: dict[str, Any] = {"validation choice": ev["validation_choice"],
                                   "validation choice on dev": methods[ev["validation_choice"]][metric],
@@ -229,6 +233,9 @@ def markdown(summary: dict[str, Any], evaluations: dict[str, dict[str, Any]], co
     lines.append("| top-1 | " + " | ".join(f"{summary['checks'][r]['top-1 on dev']:.3f}" for r in readers) + " |")
     lines.append(f"| {BASELINE} | " + " | ".join(f"{summary['checks'][r]['all candidates on dev']:.3f}"
                                                 for r in readers) + " |")
+    shares = [f"{name} {share:.0%}" for name, share in summary["top-1 alone"][readers[0]].items()]
+    lines += ["", f"Share of dev questions on which a bridge shows the top passage alone (on {readers[0]}): "
+              + ", ".join(shares) + "."]
     lines += ["", "Paired differences on each reader (mean over the same dev questions, bootstrap 95% CI):", ""]
     for reader in readers:
         for what, value in summary["checks"][reader].items():

@@ -68,6 +68,8 @@ def test_two_readers_train_cross_evaluate_and_report(tmp_path, capsys, monkeypat
     assert checks["own bridge minus the toy bridge"]["mean"] == pytest.approx(expected)
     assert checks["prompt tokens vs all candidates"] == pytest.approx(
         rows[f"{key_once} SL+RL"]["prompt_tokens"] / rows["all, retriever order"]["prompt_tokens"])
+    shown_alone = sum(r["ids"] == [0] for r in mine) / len(mine)
+    assert report["top-1 alone"][key_once][f"{key_once} SL+RL"] == pytest.approx(shown_alone)
     table = (tmp_path / "results" / "reader_specific_toy_train.md").read_text()
     assert f"| toy bridge, SL+RL | {report['table']['toy']['toy']['SL+RL']:.3f} |" in table
     assert "fixed arrangement chosen on validation" in table and "own bridge minus the toy bridge" in table
@@ -76,7 +78,7 @@ def test_two_readers_train_cross_evaluate_and_report(tmp_path, capsys, monkeypat
 
 def _method(name: str, scores: list[float], tokens: float = 100.0) -> dict:
     return {"name": name, "contains": sum(scores) / len(scores), "prompt_tokens": tokens,
-            "per_example": [{"id": f"q{i}", "contains": s} for i, s in enumerate(scores)]}
+            "per_example": [{"id": f"q{i}", "contains": s, "ids": [0] if s else [1, 2]} for i, s in enumerate(scores)]}
 
 
 def test_summary_checks_on_hand_made_rows() -> None:
@@ -95,6 +97,7 @@ def test_summary_checks_on_hand_made_rows() -> None:
     assert checks["own bridge minus the b bridge"]["mean"] == pytest.approx(0.5)
     assert checks["RL minus SL"]["mean"] == pytest.approx(0.5)
     assert checks["prompt tokens vs all candidates"] == pytest.approx(0.15)
+    assert summary["top-1 alone"]["a"] == {"a SL+RL": 1.0, "b SL+RL": 0.5}
     # a bridge worse than the fixed arrangement beyond the 2-point margin is not non-inferior
     worse = {**evaluation, "validation_choice": "top-1",
              "methods": [*evaluation["methods"][:4], _method("a SL+RL", other), *evaluation["methods"][5:]]}
