@@ -203,6 +203,8 @@ def summarise(evaluations: dict[str, dict[str, Any]], metric: str, margin: float
             vs_fixed = paired(rows[own], rows[ev["validation_choice"]], metric)
             checks[f"{own} minus {ev['validation_choice']}"] = vs_fixed
             checks["non-inferior to the fixed arrangement"] = vs_fixed["ci_low"] >= -margin
+            if ev["validation_choice"] != TOP_1:
+                checks[f"{own} minus {TOP_1}"] = paired(rows[own], rows[TOP_1], metric)
             checks["prompt tokens vs all candidates"] = methods[own]["prompt_tokens"] / base["prompt_tokens"]
             if f"{reader} SL+RL" in methods:
                 checks["RL minus SL"] = paired(rows[f"{reader} SL+RL"], rows[f"{reader} SL"], metric)

@@ -95,6 +95,7 @@ def test_summary_checks_on_hand_made_rows() -> None:
     assert checks["a SL+RL minus top-2"]["mean"] == pytest.approx(0.5)
     assert checks["a SL+RL minus top-2"]["ci_low"] > 0.3 and checks["non-inferior to the fixed arrangement"]
     assert checks["own bridge minus the b bridge"]["mean"] == pytest.approx(0.5)
+    assert checks["a SL+RL minus top-1"] == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0}
     assert checks["RL minus SL"]["mean"] == pytest.approx(0.5)
     assert checks["prompt tokens vs all candidates"] == pytest.approx(0.15)
     assert summary["top-1 alone"]["a"] == {"a SL+RL": 1.0, "b SL+RL": 0.5}
