@@ -235,7 +235,7 @@ def markdown(summary: dict[str, Any], evaluations: dict[str, dict[str, Any]], co
     lines.append("| top-1 | " + " | ".join(f"{summary['checks'][r]['top-1 on dev']:.3f}" for r in readers) + " |")
     lines.append(f"| {BASELINE} | " + " | ".join(f"{summary['checks'][r]['all candidates on dev']:.3f}"
                                                 for r in readers) + " |")
-    shares = [f"{name} {share:.0%}" for name, share in summary["top-1 alone"][readers[0]].items()]
+    shares = [f"{name} {share:.1%}" for name, share in summary["top-1 alone"][readers[0]].items()]
     lines += ["", f"Share of dev questions on which a bridge shows the top passage alone (on {readers[0]}): "
               + ", ".join(shares) + "."]
     lines += ["", "Paired differences on each reader (mean over the same dev questions, bootstrap 95% CI):", ""]
