@@ -111,7 +111,10 @@ def run_train(args: argparse.Namespace) -> int:
             "train": len(train), "validation": len(trained.validation_ids), "seconds": trained.seconds,
             "silver_reader_calls": trained.reader_calls, "sl_selection": trained.sl_selection,
             "rl_selection": trained.rl_selection, "verdict": verdict.to_dict()}
-    (out.parent / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    record = out.parent / "training.json"
+    if trained.reused and record.exists():  # the stage times of the run that trained it
+        info["seconds"] = json.loads(record.read_text()).get("seconds", info["seconds"])
+    record.write_text(json.dumps(info, indent=2) + "\n")
     print(f"{slug}: {verdict.sentence()}")
     print("time per stage: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in trained.seconds.items()))
     return 0
