@@ -29,6 +29,10 @@ Run (primary target, ~75 min on 2 CPU cores from an empty cache; minutes when ca
     python -m benchmarks.quality --dataset hotpotqa --train-questions 60 --dev-questions 40
     python -m benchmarks.quality --dataset musique           # MuSiQue train split 70/30 (20 candidates)
     python -m benchmarks.quality --train my_train.jsonl --dev my_dev.jsonl --name mine
+
+For the bridge against the fixed arrangement chosen on held-out questions over all 255 NQ-open dev questions,
+with one bridge per reader and each evaluated on every reader, see ``benchmarks/reader_specific.py`` (it
+evaluates only the arrangements that comparison needs, so 255 questions fit a few minutes per reader).
 """
 
 from __future__ import annotations
