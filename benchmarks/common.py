@@ -11,7 +11,7 @@ from typing import Any
 
 from bgm_model.data import render_passage
 
-__all__ = ["RESULTS", "ROOT", "command_line", "parse_with_recipe", "passage_text", "shared_data_dir"]
+__all__ = ["RESULTS", "ROOT", "command_line", "paired_rows", "parse_with_recipe", "passage_text", "shared_data_dir"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -53,3 +53,16 @@ def parse_with_recipe(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     except (ValueError, TypeError) as e:
         parser.error(str(e))
     return args
+
+
+def paired_rows(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], metric: str) -> dict[str, float]:
+    """Mean of ``a - b`` in ``metric`` over the same questions (per-question rows with an ``id``, as an
+    evaluation report holds them) and its bootstrap 95% CI."""
+    from bgm_model.evaluation import bootstrap_ci
+
+    b_by_id = {r["id"]: r[metric] for r in rows_b}
+    if {r["id"] for r in rows_a} != set(b_by_id):
+        raise ValueError("paired differences need the same questions on both sides")
+    diffs = [r[metric] - b_by_id[r["id"]] for r in rows_a]
+    low, high = bootstrap_ci(diffs)
+    return {"mean": sum(diffs) / len(diffs), "ci_low": low, "ci_high": high}

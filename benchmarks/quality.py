@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, ROOT, command_line, parse_with_recipe, shared_data_dir
+from benchmarks.common import RESULTS, ROOT, command_line, paired_rows, parse_with_recipe, shared_data_dir
 from bgm_cli.common import build_reader
 from bgm_model.data import QAExample, load_examples
 from bgm_model.evaluation.plots import plot_methods
@@ -160,13 +160,7 @@ def best_of(report: Any, names: list[str], metric: str) -> Any:
 
 def paired_difference(report: Any, a: str, b: str, metric: str) -> dict[str, float]:
     """Mean of ``a - b`` over the same questions, with a bootstrap 95% CI of the paired differences."""
-    from bgm_model.evaluation import bootstrap_ci
-
-    rows_a = {r["id"]: r[metric] for r in report.by_name(a).per_example}
-    rows_b = {r["id"]: r[metric] for r in report.by_name(b).per_example}
-    diffs = [rows_a[i] - rows_b[i] for i in rows_a]
-    low, high = bootstrap_ci(diffs)
-    return {"mean": sum(diffs) / len(diffs), "ci_low": low, "ci_high": high}
+    return paired_rows(report.by_name(a).per_example, report.by_name(b).per_example, metric)
 
 
 def summarise(report: Any, groups: dict[str, list[str]], metric: str) -> dict[str, Any]:

@@ -35,11 +35,10 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, ROOT, command_line, parse_with_recipe
+from benchmarks.common import RESULTS, ROOT, command_line, paired_rows, parse_with_recipe
 from bgm_cli.common import build_reader
 from bgm_model.data import QAExample, load_examples
 from bgm_model.training.pipeline import BridgeRecipe
@@ -166,18 +165,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def paired(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], metric: str) -> dict[str, float]:
-    """Mean of ``a - b`` over the same questions and its bootstrap 95% CI."""
-    from bgm_model.evaluation import bootstrap_ci
-
-    b_by_id = {r["id"]: r[metric] for r in rows_b}
-    if {r["id"] for r in rows_a} != set(b_by_id):
-        raise ValueError("paired differences need the same questions on both sides")
-    diffs = [r[metric] - b_by_id[r["id"]] for r in rows_a]
-    low, high = bootstrap_ci(diffs)
-    return {"mean": sum(diffs) / len(diffs), "ci_low": low, "ci_high": high}
-
-
 def best_bridge(methods: dict[str, dict[str, Any]], bridge: str) -> str:
     """The bridge as it ships: SL+RL when it was trained, else SL."""
     return f"{bridge} SL+RL" if f"{bridge} SL+RL" in methods else f"{bridge} SL"
@@ -203,17 +190,17 @@ def summarise(evaluations: dict[str, dict[str, Any]], metric: str, margin: float
                                   "validation choice on dev": methods[ev["validation_choice"]][metric],
                                   "top-1 on dev": methods[TOP_1][metric], "all candidates on dev": base[metric]}
         if own is not None:
-            vs_fixed = paired(rows[own], rows[ev["validation_choice"]], metric)
+            vs_fixed = paired_rows(rows[own], rows[ev["validation_choice"]], metric)
             checks[f"{own} minus {ev['validation_choice']}"] = vs_fixed
             checks["non-inferior to the fixed arrangement"] = vs_fixed["ci_low"] >= -margin
             if ev["validation_choice"] != TOP_1:
-                checks[f"{own} minus {TOP_1}"] = paired(rows[own], rows[TOP_1], metric)
+                checks[f"{own} minus {TOP_1}"] = paired_rows(rows[own], rows[TOP_1], metric)
             checks["prompt tokens vs all candidates"] = methods[own]["prompt_tokens"] / base["prompt_tokens"]
             if f"{reader} SL+RL" in methods:
-                checks["RL minus SL"] = paired(rows[f"{reader} SL+RL"], rows[f"{reader} SL"], metric)
+                checks["RL minus SL"] = paired_rows(rows[f"{reader} SL+RL"], rows[f"{reader} SL"], metric)
             for other in ev["bridges"]:
                 if other != reader:
-                    checks[f"own bridge minus the {other} bridge"] = paired(
+                    checks[f"own bridge minus the {other} bridge"] = paired_rows(
                         rows[own], rows[best_bridge(methods, other)], metric)
         summary["checks"][reader] = checks
     return summary
@@ -256,6 +243,8 @@ def markdown(summary: dict[str, Any], evaluations: dict[str, dict[str, Any]], co
 
 def run_report(args: argparse.Namespace) -> int:
     readers = [r.strip() for r in args.readers.split(",") if r.strip()]
+    if not readers:
+        raise SystemExit("report needs --readers: the reader slugs of the table, e.g. smollm2,gemma3-270m")
     evaluations = {}
     for slug in readers:
         path = evaluation_path(args, slug)

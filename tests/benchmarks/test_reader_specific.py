@@ -104,11 +104,13 @@ def test_summary_checks_on_hand_made_rows() -> None:
              "methods": [*evaluation["methods"][:4], _method("a SL+RL", other), *evaluation["methods"][5:]]}
     assert not bench.summarise({"a": worse}, "contains")["checks"]["a"]["non-inferior to the fixed arrangement"]
     with pytest.raises(ValueError, match="same questions"):
-        bench.paired(evaluation["methods"][1]["per_example"], evaluation["methods"][2]["per_example"][:3],
+        bench.paired_rows(evaluation["methods"][1]["per_example"], evaluation["methods"][2]["per_example"][:3],
                      "contains")
 
 
-def test_files_come_in_pairs() -> None:
+def test_files_come_in_pairs_and_a_report_needs_readers(tmp_path) -> None:
     bench = load_benchmark("reader_specific")
     with pytest.raises(SystemExit):
         bench.parse_args(["train", "--train", "x.jsonl"])
+    with pytest.raises(SystemExit, match="report needs --readers"):
+        bench.main(["report", "--readers", " , ", "--results", str(tmp_path)])
