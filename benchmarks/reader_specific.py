@@ -95,9 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
     logger.info("training the %s bridge on %d questions into %s", slug, len(train), out)
     trained = train_bridge(train, reader, out, args.recipe, reuse=True)
     verdict = trained.verdict
-    if verdict is None:
-        raise SystemExit("train needs a validation split (--validation-fraction > 0) to choose the fixed "
-                         "arrangement the bridge is compared with")
+    assert verdict is not None  # parse_args requires a validation split
     if trained.reused:  # judged again by this version's rule (every answer it needs is cached)
         from bgm_model import BridgeModel
         from bgm_model.evaluation.verdict import validate_against_fixed
@@ -287,6 +285,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.argv = argv
     if bool(args.train) != bool(args.dev):
         p.error("--train and --dev go together")
+    if args.stage == "train" and args.recipe.validation_fraction <= 0:
+        p.error("train needs a validation split (--validation-fraction > 0) to choose the fixed arrangement "
+                "the bridge is compared with")
     args.name = args.name or (Path(args.train).stem if args.train else args.dataset)
     args.metric = args.metric or METRIC.get(args.dataset, "contains")
     return args

@@ -112,5 +112,7 @@ def test_files_come_in_pairs_and_a_report_needs_readers(tmp_path) -> None:
     bench = load_benchmark("reader_specific")
     with pytest.raises(SystemExit):
         bench.parse_args(["train", "--train", "x.jsonl"])
+    with pytest.raises(SystemExit):  # before any training, not after it
+        bench.parse_args(["train", "--validation-fraction", "0"])
     with pytest.raises(SystemExit, match="report needs --readers"):
         bench.main(["report", "--readers", " , ", "--results", str(tmp_path)])
